@@ -1,0 +1,5 @@
+"""``python -m entangle``: the Hydra app."""
+
+from entangle.cli import main
+
+main()

@@ -1,0 +1,47 @@
+"""Hydra entry point: ``python -m entangle experiment=NAME [overrides]``.
+
+The app only resolves the experiment's ``task`` (a ``run(cfg) -> dict`` function), calls it, and
+writes the returned dict as ``report.json`` in the run dir; everything else lives in the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+
+from entangle.tasks import output_dir, write_report
+
+log = logging.getLogger("entangle")
+
+
+def run(cfg: DictConfig) -> dict:
+    """Run the experiment named by ``cfg.task`` and write its ``report.json``; returns the report."""
+    task = get_method(str(cfg.task))
+    start = time.perf_counter()
+    report = task(cfg)
+    report.setdefault("experiment", str(cfg.get("name")))
+    report.setdefault("wall_time_s", round(time.perf_counter() - start, 3))
+    out = output_dir(cfg)
+    path = write_report(report, out)
+    log.info("report written to %s", path)
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    """Console entry point."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
