@@ -1,0 +1,185 @@
+"""Runs a system over seeds: every node is fitted once per key, its results published to the store.
+
+A node runs when its inputs are available; a node whose key the store already holds is served
+from it (a hit) and never refitted. Sources are loaded on demand and cheap plain functions
+(:class:`~entangle.node.FunctionNode`) are recomputed rather than stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from entangle.node import BaseNode, NodeError, Ragged
+from entangle.store import Store
+from entangle.system import System, parse_ref, stores_predictions
+
+log = logging.getLogger(__name__)
+
+
+def check_finite(value: Any, where: str) -> None:
+    """Raise :class:`NodeError` naming ``where`` and the first sample if a float value has NaN/inf."""
+    arr = value.values if isinstance(value, Ragged) else value
+    if isinstance(arr, np.ndarray) and arr.dtype.kind == "f" and arr.size:
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            first = int(np.argwhere(bad)[0][0])
+            if isinstance(value, Ragged):
+                first = int(np.searchsorted(value.offsets, first, side="right") - 1)
+            raise NodeError(f"{where}: {int(bad.sum())} NaN/inf values (first in sample {first})")
+
+
+class Run:
+    """One system at one seed: cache keys, lazily loaded values, metrics and fitted nodes."""
+
+    def __init__(self, system: System, seed: int, store: Store):
+        self.system = system
+        self.seed = int(seed)
+        self.store = store
+        self.keys = system.keys(self.seed)
+        self._values: dict[tuple[str, str], dict[str, Any]] = {}
+        self._fitted: dict[str, BaseNode] = {}
+        self._ensured: set[str] = set()
+
+    # -- running ----------------------------------------------------------------------------
+    def ensure(self, name: str) -> None:
+        """Make sure ``name``'s entry is in the store (fit it if not); counts hits and misses."""
+        spec = self.system.specs[name]
+        if not stores_predictions(spec.node) or name in self._ensured:
+            return
+        self._ensured.add(name)
+        key = self.keys[name]
+        if self.store.has(key):
+            self.store.record(key, hit=True)
+            return
+        self.store.record(key, hit=False)
+        self._fit_and_publish(name)
+
+    def run_all(self) -> "Run":
+        for name in self.system.topological_order():
+            self.ensure(name)
+        return self
+
+    def _fit_and_publish(self, name: str) -> None:
+        spec = self.system.specs[name]
+        node = spec.node.clone()
+        where = f"node {name!r} (seed {self.seed})"
+        fit_inputs = self._gather(spec.inputs, spec.fit_split)
+        fit_targets = self._gather(spec.targets, spec.fit_split)
+        log.info("fitting %s on split %r", where, spec.fit_split)
+        start = time.perf_counter()
+        try:
+            fitted = node.fit(fit_inputs, fit_targets, seed=self.seed)
+        except NodeError as err:
+            raise NodeError(f"{where} failed while fitting: {err}") from err
+        except Exception as err:
+            raise NodeError(f"{where} failed while fitting: {type(err).__name__}: {err}") from err
+        if fitted is not node:
+            raise NodeError(f"{where}: fit must return self (scikit-learn convention)")
+        fit_s = time.perf_counter() - start
+        arrays: dict[str, Any] = {}
+        metrics: dict[str, dict[str, float]] = {}
+        for split in self.system.splits:
+            preds = self._predict(node, name, split)
+            for out, value in preds.items():
+                arrays[f"pred/{split}/{out}"] = value
+            if spec.targets:
+                targets = self._gather(spec.targets, split)
+                loss = np.asarray(node.loss(preds, targets), dtype=np.float64)
+                arrays[f"loss/{split}"] = loss
+                metrics[split] = {k: float(v) for k, v in node.score(preds, targets).items()}
+                if node.metric not in metrics[split]:
+                    raise NodeError(f"{where}: score() did not return its metric {node.metric!r}")
+            self._values[(name, split)] = preds
+        for extra, value in getattr(node, "extra_arrays", lambda: {})().items():
+            arrays[f"extra/{extra}"] = value
+        meta = {
+            "node": name, "class": f"{type(node).__module__}.{type(node).__qualname__}",
+            "params": repr(node.get_params()), "seed": self.seed, "fit_split": spec.fit_split,
+            "metric": node.metric, "higher_is_better": bool(node.higher_is_better),
+            "metrics": metrics, "fit_seconds": round(fit_s, 4),
+        }
+        self.store.put(self.keys[name], meta=meta, state=node.state_dict(), arrays=arrays)
+        self._fitted[name] = node
+
+    def _predict(self, node: BaseNode, name: str, split: str) -> dict[str, Any]:
+        spec = self.system.specs[name]
+        inputs = self._gather(spec.inputs, split)
+        where = f"node {name!r} (seed {self.seed}, split {split!r})"
+        try:
+            preds = node.predict(inputs)
+        except NodeError as err:
+            raise NodeError(f"{where} failed while predicting: {err}") from err
+        except Exception as err:
+            raise NodeError(f"{where} failed while predicting: {type(err).__name__}: {err}") from err
+        for out, value in preds.items():
+            check_finite(value, f"{where}, output {out!r}")
+        return preds
+
+    def _gather(self, wiring: Mapping[str, str], split: str) -> dict[str, Any]:
+        out = {}
+        for arg, ref in wiring.items():
+            up, output = parse_ref(ref)
+            out[arg] = self.values(up, split)[output]
+        return out
+
+    # -- results ------------------------------------------------------------------------------
+    def values(self, name: str, split: str) -> dict[str, Any]:
+        """The outputs of ``name`` on ``split`` (loaded from the store, a source, or computed)."""
+        cached = self._values.get((name, split))
+        if cached is not None:
+            return cached
+        spec = self.system.specs[name]
+        node = spec.node
+        if node.is_source:
+            vals = node.load(split, self.seed)
+            for out, value in vals.items():
+                check_finite(value, f"source {name!r} (seed {self.seed}, split {split!r}), output {out!r}")
+        elif not stores_predictions(node):
+            fitted = node.clone().fit({}, {}, seed=self.seed)
+            vals = self._predict(fitted, name, split)
+        else:
+            self.ensure(name)
+            vals = self.store.arrays(self.keys[name], f"pred/{split}")
+        self._values[(name, split)] = vals
+        return vals
+
+    def metrics(self, name: str, split: str | None = None) -> dict[str, float]:
+        """Stored metrics of a model node on ``split`` (the system's eval split by default)."""
+        self.ensure(name)
+        meta = self.store.meta(self.keys[name])
+        return meta["metrics"][split or self.system.eval_split]
+
+    def losses(self, name: str, split: str | None = None) -> np.ndarray:
+        """Stored per-sample losses of a model node on ``split``."""
+        self.ensure(name)
+        return np.asarray(self.store.array(self.keys[name], f"loss/{split or self.system.eval_split}"))
+
+    def fitted(self, name: str) -> BaseNode:
+        """The fitted node, restored from the store without pickling."""
+        if name not in self._fitted:
+            self.ensure(name)
+            node = self.system.specs[name].node.clone()
+            if stores_predictions(node):
+                node.load_state_dict(self.store.state(self.keys[name]))
+            else:
+                node.fit({}, {}, seed=self.seed)
+            self._fitted[name] = node
+        return self._fitted[name]
+
+    def release(self) -> None:
+        """Drop values held in memory (the store keeps them)."""
+        self._values.clear()
+
+
+class LocalExecutor:
+    """Runs every node in this process, seed by seed, in topological order."""
+
+    def run(self, system: System, seeds: Iterable[int], store: Store) -> dict[int, Run]:
+        runs = {}
+        for seed in seeds:
+            runs[int(seed)] = Run(system, int(seed), store).run_all()
+        return runs
