@@ -19,6 +19,9 @@ from entangle.tasks import output_dir, write_report
 
 log = logging.getLogger("entangle")
 
+#: the project's config tree (``conf/`` beside the package; an editable install keeps it there).
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
 
 def run(cfg: DictConfig) -> dict:
     """Run the experiment named by ``cfg.task`` and write its ``report.json``; returns the report."""
@@ -33,7 +36,7 @@ def run(cfg: DictConfig) -> dict:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     run(cfg)
 

@@ -83,3 +83,20 @@ def write_report(report: dict, directory: Path) -> Path:
     tmp.write_text(json.dumps(to_jsonable(report), indent=2, sort_keys=False) + "\n")
     tmp.replace(path)
     return path
+
+
+def apply_profile(cfg: DictConfig) -> DictConfig:
+    """The config with the chosen profile's ``pipeline`` patch merged in (other keys are sizes)."""
+    block = profile(cfg)
+    patch = block.get("pipeline")
+    if patch is None:
+        return cfg
+    merged = OmegaConf.merge(cfg, {"pipeline": patch})
+    return merged
+
+
+def make_store(cfg: DictConfig):
+    """The artifact store named by ``store.root`` (the user's cache dir when null)."""
+    from entangle.store import Store
+    root = cfg.get("store", {}).get("root") if cfg.get("store") is not None else None
+    return Store(root)
