@@ -7,6 +7,7 @@ writes the returned dict as ``report.json`` in the run dir; everything else live
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,9 +37,30 @@ def run(cfg: DictConfig) -> dict:
     return report
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input, reported as one clear message without a traceback."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from entangle.hashing import UnhashableError
+    from entangle.node import NodeError
+    from entangle.store import StoreError
+    from entangle.system import InvalidSystemError
+    from entangle.tasks import ConfigError
+    return (InvalidSystemError, ConfigError, NodeError, StoreError, UnhashableError,
+            OmegaConfBaseException, FileNotFoundError)
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
+    try:
+        run(cfg)
+    except _user_errors() as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"entangle: error: {err}", file=sys.stderr)
+        print("(set HYDRA_FULL_ERROR=1 for the traceback; everything already stored is kept)",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 def main() -> None:

@@ -227,16 +227,13 @@ def _one_target(targets: Mapping[str, Any], owner: str) -> np.ndarray:
     return np.asarray(next(iter(targets.values())))
 
 
-_SKLEARN_STATE_TYPES = (np.ndarray, int, float, str, bool, np.integer, np.floating, np.bool_)
-
-
 class SklearnNode(BaseNode):
     """Wraps a scikit-learn estimator: inputs are concatenated (sorted by name) into features.
 
     Classifiers output ``pred`` (labels) and ``proba``; regressors output ``pred``. The per-sample
     loss is the log loss (classifiers) or squared error (regressors); the metric is accuracy or
-    mean squared error. Fitted state is the estimator's array attributes ending in ``_``, so
-    it round-trips through the store without pickling.
+    mean squared error. Fitted state is serialised with skops (no pickle), and loading refuses
+    any type outside scikit-learn, numpy and scipy.
     """
 
     input_kinds = {}  # any named inputs, checked dynamically
@@ -303,29 +300,19 @@ class SklearnNode(BaseNode):
         return {"mse": float(np.mean(per))}
 
     def state_dict(self):
-        est = self.estimator_
-        state = {}
-        for k, v in vars(est).items():
-            if k.endswith("_") and not k.startswith("_"):
-                if isinstance(v, _SKLEARN_STATE_TYPES):
-                    state[k] = v
-                elif v is None:
-                    continue
-                else:
-                    raise TypeError(
-                        f"SklearnNode cannot store fitted attribute {k!r} of "
-                        f"{type(est).__name__} ({type(v).__name__}) without pickling; "
-                        "use an estimator whose fitted state is arrays, or a custom node")
-        return state
+        # skops serialises estimators without pickle; loading audits every type it would create.
+        import skops.io as sio
+        return {"skops": np.frombuffer(sio.dumps(self.estimator_), dtype=np.uint8).copy()}
 
     def load_state_dict(self, state):
-        from sklearn.base import clone
-        est = clone(self.estimator)
-        for k, v in state.items():
-            if isinstance(v, np.ndarray) and v.ndim == 0:
-                v = v.item()
-            setattr(est, k, v)
-        self.estimator_ = est
+        import skops.io as sio
+        blob = np.asarray(state["skops"], dtype=np.uint8).tobytes()
+        untrusted = sio.get_untrusted_types(data=blob)
+        foreign = [t for t in untrusted if not t.startswith(("sklearn.", "numpy.", "scipy."))]
+        if foreign:
+            raise TypeError(f"refusing to load a stored estimator that would create {foreign}: "
+                            "only scikit-learn, numpy and scipy types are loaded")
+        self.estimator_ = sio.loads(blob, trusted=untrusted)
         return self
 
 

@@ -17,6 +17,7 @@ node's cache key for a seed without running anything, so an executor can skip wh
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field, replace as dc_replace
 from typing import Any, Iterable, Mapping
 
@@ -202,6 +203,12 @@ class System:
                 continue
             node_cfg = dict(node_cfg)
             wiring = {k: node_cfg.pop(k) for k in WIRING_KEYS if k in node_cfg}
+            for k in ("inputs", "targets"):
+                for arg, ref in (wiring.get(k) or {}).items() if isinstance(wiring.get(k), Mapping) else ():
+                    up = str(ref).split(".", 1)[0]
+                    if up not in cfg["nodes"]:
+                        problems.append(f"node {name!r}, field '{k}.{arg}': reference {ref!r} names no "
+                                        f"node {up!r}{_closest(up, cfg['nodes'])}")
             if "_target_" not in node_cfg:
                 problems.append(f"node {name!r}, field '_target_': missing (which class is this node?)")
                 continue
@@ -227,7 +234,7 @@ class System:
         for k in sorted(unknown):
             problems.append(f"pipeline field {k!r} is not known (expected nodes, splits, eval_split)")
         if problems:
-            raise SystemError_(problems, where)
+            raise SystemError_(sorted(set(problems), key=problems.index), where)
         return cls(specs, splits=cfg.get("splits", ("train", "test")),
                    eval_split=cfg.get("eval_split", "test"), where=where)
 
@@ -312,8 +319,10 @@ class System:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    """The error's message on one line, without Hydra's hint about HYDRA_FULL_ERROR."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    text = re.sub(r",? ?set env var HYDRA_FULL_ERROR=1 to see chained (exception|stack trace)\.?", "", text)
+    return text or type(err).__name__
 
 
 def _closest(name: str, options: Iterable[str]) -> str:

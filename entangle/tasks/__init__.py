@@ -85,13 +85,39 @@ def write_report(report: dict, directory: Path) -> Path:
     return path
 
 
+def _task_overrides() -> list:
+    """The command line's overrides (parsed), when running under Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+        raw = list(HydraConfig.get().overrides.task)
+    except Exception:  # not under Hydra: nothing to re-apply
+        return []
+    return OverridesParser.create().parse_overrides(raw)
+
+
 def apply_profile(cfg: DictConfig) -> DictConfig:
-    """The config with the chosen profile's ``pipeline`` patch merged in (other keys are sizes)."""
+    """The config with the chosen profile's ``pipeline`` patch merged in (other keys are sizes).
+
+    The patch goes *under* the user's command-line overrides: a ``pipeline.*`` override given
+    on the command line is re-applied after the profile, so it always wins.
+    """
     block = profile(cfg)
     patch = block.get("pipeline")
     if patch is None:
         return cfg
     merged = OmegaConf.merge(cfg, {"pipeline": patch})
+    for ov in _task_overrides():
+        key = ov.key_or_group
+        if not key.startswith("pipeline."):
+            continue
+        if ov.is_delete():
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(merged, parent)
+            if node is not None and leaf in node:
+                del node[leaf]
+        else:
+            OmegaConf.update(merged, key, ov.value(), merge=False, force_add=True)
     return merged
 
 

@@ -1,0 +1,42 @@
+"""Shared fixtures: a temporary store and Hydra config composition for experiment tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+CONF = REPO / "conf"
+
+# Tests run on few cores next to other work: keep torch to one thread for stable timings.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def store(tmp_path):
+    from entangle.store import Store
+    return Store(tmp_path / "store")
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(*overrides) -> a composed experiment config writing into tmp_path/run."""
+    from hydra import compose, initialize_config_dir
+
+    def _compose(*overrides: str, run_dir: Path | None = None):
+        run_dir = run_dir or tmp_path / "run"
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import open_dict
+
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=[*overrides, f"output_dir={run_dir}"],
+                          return_hydra_config=True)
+        # As lightning-hydra-template's tests do: make ${hydra:...} resolvable outside @hydra.main.
+        HydraConfig().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    return _compose

@@ -1,0 +1,175 @@
+"""System construction, validation errors, topological execution and retrain propagation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LinearRegression, Ridge
+
+from entangle.data.toys import GaussianSource
+from entangle.executor import LocalExecutor, Run
+from entangle.node import BaseNode, FunctionNode, SklearnNode
+from entangle.system import InvalidSystemError, NodeSpec, System
+
+
+def chain(alpha: float = 1.0) -> dict:
+    """data -> up (ridge on x predicting t) -> down (linear on up.pred predicting y)."""
+    return {
+        "data": GaussianSource(variances=[4.0, 1.0], weights={"t": [1.0, 2.0], "y": [1.0, 0.0]},
+                               noise={"t": 0.5, "y": 0.1}, sizes={"train": 200, "test": 300}),
+        "up": NodeSpec(SklearnNode(estimator=Ridge(alpha=alpha)), inputs={"x": "data.x"},
+                       targets={"y": "data.t"}),
+        "down": NodeSpec(SklearnNode(estimator=LinearRegression()), inputs={"s": "up.pred"},
+                         targets={"y": "data.y"}, output=True),
+    }
+
+
+def scaled(s, factor):
+    return np.asarray(s) * factor
+
+
+class Recorder(BaseNode):
+    """Records the order in which nodes are fitted; output = input + offset."""
+
+    input_kinds = {"x": "array"}
+    target_kinds = {}
+    output_kinds = {"pred": "array"}
+    log: list[str] = []
+
+    def __init__(self, *, label: str, offset: float = 1.0):
+        self.label = label
+        self.offset = offset
+
+    def fit(self, inputs, targets, *, seed):
+        Recorder.log.append(self.label)
+        self.fitted_ = True
+        return self
+
+    def predict(self, inputs):
+        return {"pred": np.asarray(inputs["x"], dtype=float).reshape(len(inputs["x"]), -1)[:, 0] + self.offset}
+
+    def loss(self, predictions, targets):
+        return np.zeros(len(predictions["pred"]))
+
+
+def test_topological_order_and_descendants():
+    system = System(chain())
+    assert system.topological_order() == ["data", "up", "down"]
+    assert system.descendants("up") == {"down"}
+    assert system.descendants("data") == {"up", "down"}
+    assert system.models() == ["up", "down"]
+    with pytest.raises(KeyError, match="no node 'nope'"):
+        system.descendants("nope")
+
+
+def test_validation_collects_every_problem_naming_node_and_field():
+    specs = chain()
+    specs["down"] = NodeSpec(SklearnNode(estimator=LinearRegression()),
+                             inputs={"s": "upp.pred", "z": "up.nothing"}, targets={"y": "data.y"},
+                             output=True)
+    specs["orphan"] = NodeSpec(SklearnNode(estimator=LinearRegression()), inputs={"x": "data.x"},
+                               targets={"y": "data.y"})
+    with pytest.raises(InvalidSystemError) as info:
+        System(specs)
+    problems = info.value.problems
+    text = "\n".join(problems)
+    assert "node 'down', field 'inputs.s': reference 'upp.pred' names no node 'upp' (did you mean 'up'?)" in text
+    assert "node 'down', field 'inputs.z': node 'up' has no output 'nothing'" in text
+    assert "node 'orphan': its outputs are read by no node" in text
+    assert len(problems) == 4  # the three above, and 'up' now read by nobody
+
+
+def test_cycle_is_rejected_when_built():
+    specs = {
+        "a": NodeSpec(Recorder(label="a"), inputs={"x": "b.pred"}),
+        "b": NodeSpec(Recorder(label="b"), inputs={"x": "a.pred"}, output=True),
+    }
+    with pytest.raises(InvalidSystemError, match="cycle: a -> b -> a|cycle: b -> a -> b"):
+        System(specs)
+
+
+def test_wrong_kind_and_unwired_input_are_reported():
+    class WantsImage(Recorder):
+        input_kinds = {"x": "image"}
+
+    specs = {
+        "data": GaussianSource(weights={"y": [1.0, 1.0]}),
+        "a": NodeSpec(WantsImage(label="a"), inputs={"x": "data.x"}, output=True),
+        "b": NodeSpec(Recorder(label="b"), inputs={}, output=True),
+    }
+    with pytest.raises(InvalidSystemError) as info:
+        System(specs)
+    text = str(info.value)
+    assert "node 'a', field 'inputs.x': 'data.x' is of kind 'array' but input 'x' expects kind 'image'" in text
+    assert "node 'b', field 'inputs.x': required input is not wired" in text
+
+
+def test_duplicate_names_are_rejected():
+    with pytest.raises(InvalidSystemError, match="node 'a': duplicate name"):
+        System([("data", GaussianSource(weights={"y": [1.0, 1.0]})),
+                ("a", NodeSpec(Recorder(label="a"), inputs={"x": "data.x"}, output=True)),
+                ("a", NodeSpec(Recorder(label="a2"), inputs={"x": "data.x"}, output=True))])
+
+
+def test_fit_runs_in_topological_order(store):
+    Recorder.log = []
+    specs = {
+        "data": GaussianSource(weights={"y": [1.0, 1.0]}, sizes={"train": 5, "test": 5}),
+        "c": NodeSpec(Recorder(label="c"), inputs={"x": "b.pred"}, output=True),
+        "a": NodeSpec(Recorder(label="a"), inputs={"x": "data.x"}),
+        "b": NodeSpec(Recorder(label="b"), inputs={"x": "a.pred"}),
+    }
+    run = Run(System(specs), 0, store).run_all()
+    assert Recorder.log == ["a", "b", "c"]
+    x = GaussianSource(weights={"y": [1.0, 1.0]}, sizes={"train": 5, "test": 5}).load("test", 0)["x"]
+    np.testing.assert_allclose(run.values("c", "test")["pred"], x[:, 0] + 3.0)
+
+
+def test_changing_a_node_retrains_exactly_its_descendants(store):
+    system = System(chain(alpha=1.0))
+    LocalExecutor().run(system, [0], store)
+    assert store.stats.misses == 2
+    changed = system.replace("up", SklearnNode(estimator=Ridge(alpha=50.0)))
+    before = store.stats.misses
+    LocalExecutor().run(changed, [0], store)
+    assert store.stats.misses - before == 2  # up and its descendant down
+    # changing only the leaf keeps the upstream entry
+    leaf = system.replace("down", SklearnNode(estimator=Ridge(alpha=3.0)))
+    h0, m0 = store.stats.hits, store.stats.misses
+    LocalExecutor().run(leaf, [0], store)
+    assert (store.stats.hits - h0, store.stats.misses - m0) == (1, 1)
+
+
+def test_function_nodes_are_recomputed_not_stored(store):
+    specs = chain()
+    specs["scale"] = NodeSpec(FunctionNode(fn=scaled, kwargs={"factor": 2.0}, outputs=("out",)),
+                              inputs={"s": "up.pred"})
+    specs["down"] = NodeSpec(SklearnNode(estimator=LinearRegression()), inputs={"s": "scale.out"},
+                             targets={"y": "data.y"}, output=True)
+    run = Run(System(specs), 0, store).run_all()
+    np.testing.assert_allclose(run.values("scale", "test")["out"], 2 * run.values("up", "test")["pred"])
+    assert store.stats.misses == 2
+
+
+def test_replace_returns_a_new_system_and_keeps_wiring():
+    system = System(chain())
+    other = system.replace("up", SklearnNode(estimator=Ridge(alpha=9.0)))
+    assert other is not system
+    assert system["up"].estimator.alpha == 1.0 and other["up"].estimator.alpha == 9.0
+    assert other.specs["up"].inputs == system.specs["up"].inputs
+
+
+def test_from_config_reports_unknown_target_and_typo_together():
+    cfg = {"nodes": {
+        "data": {"_target_": "entangle.data.toys.GaussianSource", "weights": {"y": [1.0, 1.0]}},
+        "m": {"_target_": "entangle.node.NoSuchNode", "inputs": {"x": "data.x"}},
+        "n": {"_target_": "entangle.node.SklearnNode", "inputs": {"x": "dat.x"}, "targets": {"y": "data.y"},
+              "output": True},
+    }}
+    with pytest.raises(InvalidSystemError) as info:
+        System.from_config(cfg, where="pipeline/mine.yaml")
+    text = str(info.value)
+    assert "pipeline/mine.yaml" in text
+    assert "node 'm', field '_target_' (entangle.node.NoSuchNode)" in text
+    assert "node 'n', field 'inputs.x': reference 'dat.x' names no node 'dat' (did you mean 'data'?)" in text
+    assert "estimator" in text  # the missing required field of SklearnNode
