@@ -170,6 +170,58 @@ class Run:
             self._fitted[name] = node
         return self._fitted[name]
 
+    def predict_with(self, overrides: Mapping[tuple[str, str], Any], split: str | None = None,
+                     targets: Mapping[tuple[str, str], Any] | None = None) -> dict[str, dict[str, Any]]:
+        """Re-run the *fitted* system on ``split`` with some outputs replaced; nothing is retrained.
+
+        ``overrides`` maps ``(node, output)`` to a replacement value (e.g. corrupted source
+        images); every node downstream of a replaced value predicts again with its fitted state.
+        ``targets`` optionally replaces ground truth the same way (e.g. a subpopulation's labels).
+        Returns, per recomputed node: ``predictions``, and where the node has targets, per-sample
+        ``loss`` and ``metrics``. Used by stress tests and interventions.
+        """
+        split = split or self.system.eval_split
+        overrides = dict(overrides)
+        targets = dict(targets or {})
+        for (node, output) in list(overrides) + list(targets):
+            if node not in self.system.specs:
+                raise KeyError(f"override names no node {node!r}")
+        touched = {n for n, _ in overrides} | {n for n, _ in targets}
+        affected: set[str] = set()
+        for n in touched:
+            affected |= self.system.descendants(n)
+        local: dict[str, dict[str, Any]] = {}
+
+        def value(name: str, out: str, kind: dict) -> Any:
+            if (name, out) in kind:
+                return kind[(name, out)]
+            if name in local:
+                return local[name]["predictions"][out]
+            return self.values(name, split)[out]
+
+        results: dict[str, dict[str, Any]] = {}
+        for name in self.system.topological_order():
+            if name not in affected or self.system.specs[name].node.is_source:
+                continue
+            spec = self.system.specs[name]
+            inputs = {a: value(*parse_ref(r), overrides) for a, r in spec.inputs.items()}
+            node = self.fitted(name)
+            where = f"node {name!r} (seed {self.seed}, split {split!r}, with overrides)"
+            try:
+                preds = node.predict(inputs)
+            except Exception as err:
+                raise NodeError(f"{where} failed while predicting: {type(err).__name__}: {err}") from err
+            for out, v in preds.items():
+                check_finite(v, f"{where}, output {out!r}")
+            entry: dict[str, Any] = {"predictions": preds}
+            if spec.targets:
+                tg = {a: value(*parse_ref(r), {**overrides, **targets}) for a, r in spec.targets.items()}
+                entry["loss"] = np.asarray(node.loss(preds, tg), dtype=np.float64)
+                entry["metrics"] = {k: float(v) for k, v in node.score(preds, tg).items()}
+            local[name] = entry
+            results[name] = entry
+        return results
+
     def release(self) -> None:
         """Drop values held in memory (the store keeps them)."""
         self._values.clear()

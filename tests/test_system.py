@@ -173,3 +173,17 @@ def test_from_config_reports_unknown_target_and_typo_together():
     assert "node 'm', field '_target_' (entangle.node.NoSuchNode)" in text
     assert "node 'n', field 'inputs.x': reference 'dat.x' names no node 'dat' (did you mean 'data'?)" in text
     assert "estimator" in text  # the missing required field of SklearnNode
+
+
+def test_predict_with_overrides_reuses_fitted_nodes(store):
+    system = System(chain())
+    run = Run(system, 0, store).run_all()
+    misses = store.stats.misses
+    x = run.values("data", "test")["x"]
+    same = run.predict_with({("data", "x"): x})
+    assert same["down"]["metrics"] == pytest.approx(run.metrics("down"))
+    np.testing.assert_allclose(same["up"]["loss"], run.losses("up"))
+    noisy = run.predict_with({("data", "x"): x + np.random.default_rng(0).normal(0, 2.0, x.shape)})
+    assert noisy["up"]["metrics"]["mse"] > 2 * run.metrics("up")["mse"]
+    assert set(noisy) == {"up", "down"}
+    assert store.stats.misses == misses  # nothing retrained
