@@ -1,4 +1,4 @@
-"""``python -m entangle``: the Hydra app."""
+"""``python -m entangle``: the Hydra app (and ``python -m entangle store ...``)."""
 
 from entangle.cli import main
 

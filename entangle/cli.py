@@ -50,12 +50,33 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             OmegaConfBaseException, FileNotFoundError)
 
 
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        return False
+
+
+def _record_failure(cfg: DictConfig, err: BaseException) -> None:
+    """In a sweep, a failing job writes a failed report.json and the sweep goes on."""
+    import traceback
+    log.error("job failed: %s: %s", type(err).__name__, err)
+    write_report({"status": "failed", "experiment": str(cfg.get("name")),
+                  "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()},
+                 output_dir(cfg))
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except _user_errors() as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    except Exception as err:
+        if _in_multirun():  # Hydra's launchers abort the whole sweep otherwise
+            _record_failure(cfg, err)
+            return
+        if not isinstance(err, _user_errors()) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"entangle: error: {err}", file=sys.stderr)
         print("(set HYDRA_FULL_ERROR=1 for the traceback; everything already stored is kept)",
@@ -64,7 +85,10 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point: ``entangle store ...`` manages the store; anything else is Hydra."""
+    if sys.argv[1:2] == ["store"]:
+        from entangle.store_cli import main as store_main
+        sys.exit(store_main(sys.argv[2:]))
     _hydra_main()
 
 

@@ -126,3 +126,12 @@ def make_store(cfg: DictConfig):
     from entangle.store import Store
     root = cfg.get("store", {}).get("root") if cfg.get("store") is not None else None
     return Store(root)
+
+
+def make_executor(cfg: DictConfig):
+    """The executor named by the ``executor`` config group (local when absent)."""
+    from hydra.utils import instantiate
+
+    from entangle.executor import LocalExecutor
+    ex = cfg.get("executor")
+    return LocalExecutor() if ex is None else instantiate(ex)

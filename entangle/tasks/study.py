@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from entangle.compare import Study, compare, summary_lines
 from entangle.system import System, WIRING_KEYS
-from entangle.tasks import ConfigError, apply_profile, make_store, output_dir, seeds
+from entangle.tasks import ConfigError, apply_profile, make_executor, make_store, output_dir, seeds
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def run_study(cfg: DictConfig) -> Study:
     cfg = apply_profile(cfg)
     old, new, changed = build_systems(cfg)
     store = make_store(cfg)
-    return compare(old, new, seeds(cfg), store, changed=changed)
+    return compare(old, new, seeds(cfg), store, changed=changed, executor=make_executor(cfg))
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
