@@ -367,15 +367,21 @@ class TorchNode(BaseNode):
     seed fixes initialisation; inputs are concatenated (sorted by name) into one float tensor.
     ``criterion`` is ``"mse"`` or ``"cross_entropy"``. Outputs ``pred`` (and ``proba`` for
     cross-entropy). Runs on CUDA when present unless ``device`` says otherwise.
+
+    ``checkpoints=K`` keeps the weights of the last ``K`` epochs (the last one is the final
+    model) and adds outputs ``ckpt_pred`` ``(N, K)``, each checkpoint's predicted label (or
+    value), and for cross-entropy ``ckpt_logit`` ``(N, K, classes)``. Being outputs, they are
+    stored for every split and recomputed under :meth:`~entangle.executor.Run.predict_with`, so
+    per-sample instability across the checkpoints of one run is read without retraining.
+    Subclasses change what is fitted by overriding :meth:`_objective`.
     """
 
     target_kinds = {"y": ANY}
-    output_kinds = {"pred": "array", "proba": "array"}
     version = "1"
 
     def __init__(self, *, module: Callable[[], Any], criterion: str = "mse", epochs: int = 20,
                  lr: float = 1e-2, batch_size: int = 128, weight_decay: float = 0.0,
-                 device: str = "auto"):
+                 device: str = "auto", checkpoints: int = 0):
         self.module = module
         self.criterion = criterion
         self.epochs = epochs
@@ -383,6 +389,19 @@ class TorchNode(BaseNode):
         self.batch_size = batch_size
         self.weight_decay = weight_decay
         self.device = device
+        self.checkpoints = checkpoints
+        if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 0:
+            raise ValueError(f"TorchNode checkpoints must be an int >= 0 (epochs whose weights are "
+                             f"kept), got {checkpoints!r}")
+
+    @property
+    def output_kinds(self) -> dict[str, str]:  # type: ignore[override]
+        kinds = {"pred": "array", "proba": "array"}
+        if self.checkpoints:
+            kinds["ckpt_pred"] = "array"
+            if self.criterion == "cross_entropy":
+                kinds["ckpt_logit"] = "array"
+        return kinds
 
     @property
     def metric(self) -> str:  # type: ignore[override]
@@ -398,24 +417,31 @@ class TorchNode(BaseNode):
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
 
+    def _objective(self, targets: Mapping[str, Any]):
+        """Training targets (one row per sample) and the batch loss ``crit(output, rows)``."""
+        import torch
+        y_np = _one_target(targets, type(self).__name__)
+        if self.criterion == "cross_entropy":
+            return torch.as_tensor(y_np, dtype=torch.long), torch.nn.functional.cross_entropy
+        if self.criterion == "mse":
+            y = torch.as_tensor(y_np, dtype=torch.float32).reshape(len(y_np), -1)
+            return y, torch.nn.functional.mse_loss
+        raise ValueError(f"TorchNode criterion must be 'mse' or 'cross_entropy', got {self.criterion!r}")
+
     def fit(self, inputs, targets, *, seed):
         import torch
         torch.manual_seed(seed)
         dev = self._device()
         X = torch.as_tensor(_stack_inputs(inputs), dtype=torch.float32)
-        y_np = _one_target(targets, type(self).__name__)
-        if self.criterion == "cross_entropy":
-            y = torch.as_tensor(y_np, dtype=torch.long)
-            crit = torch.nn.functional.cross_entropy
-        elif self.criterion == "mse":
-            y = torch.as_tensor(y_np, dtype=torch.float32).reshape(len(y_np), -1)
-            crit = torch.nn.functional.mse_loss
-        else:
-            raise ValueError(f"TorchNode criterion must be 'mse' or 'cross_entropy', got {self.criterion!r}")
+        y, crit = self._objective(targets)
+        if len(y) != len(X):
+            raise ValueError(f"{type(self).__name__}: {len(X)} input rows but {len(y)} target rows")
         net = self.module().to(dev)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(seed)
         n = len(X)
+        keep = min(int(self.checkpoints), int(self.epochs))
+        snapshots = []
         for epoch in range(self.epochs):
             perm = torch.randperm(n, generator=gen)
             for start in range(0, n, self.batch_size):
@@ -428,20 +454,48 @@ class TorchNode(BaseNode):
                                     f"step {start // self.batch_size} (seed {seed})")
                 loss.backward()
                 opt.step()
+            if epoch >= self.epochs - keep:
+                snapshots.append({k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
         self.module_ = net.cpu().eval()
+        self.checkpoints_ = snapshots
+        self._ckpt_nets = None
         return self
+
+    def _checkpoint_nets(self) -> list:
+        """The kept checkpoints as eval-mode modules (built once, on CPU)."""
+        if getattr(self, "_ckpt_nets", None) is None:
+            nets = []
+            for state in getattr(self, "checkpoints_", []):
+                net = self.module()
+                net.load_state_dict(state)
+                nets.append(net.eval())
+            self._ckpt_nets = nets
+        return self._ckpt_nets
 
     def predict(self, inputs):
         import torch
         if not hasattr(self, "module_"):
             raise NotFittedError("TorchNode is not fitted")
+        X = torch.as_tensor(_stack_inputs(inputs), dtype=torch.float32)
         with torch.no_grad():
-            out = self.module_(torch.as_tensor(_stack_inputs(inputs), dtype=torch.float32))
+            out = self.module_(X)
+            ckpt = [net(X) for net in self._checkpoint_nets()] if self.checkpoints else []
+        result: dict[str, Any] = {}
         if self.criterion == "cross_entropy":
             proba = torch.softmax(out, dim=1).numpy().astype(np.float64)
-            return {"pred": proba.argmax(axis=1), "proba": proba}
-        out = out.numpy().astype(np.float64)
-        return {"pred": out[:, 0] if out.shape[1] == 1 else out}
+            result = {"pred": proba.argmax(axis=1), "proba": proba}
+        else:
+            out = out.numpy().astype(np.float64)
+            result = {"pred": out[:, 0] if out.shape[1] == 1 else out}
+        if self.checkpoints:
+            stacked = torch.stack(ckpt, dim=1).numpy()  # (N, K, outputs)
+            if self.criterion == "cross_entropy":
+                result["ckpt_pred"] = stacked.argmax(axis=2)
+                result["ckpt_logit"] = stacked.astype(np.float32)
+            else:
+                stacked = stacked.astype(np.float64)
+                result["ckpt_pred"] = stacked[:, :, 0] if stacked.shape[2] == 1 else stacked
+        return result
 
     def loss(self, predictions, targets):
         y = _one_target(targets, type(self).__name__)
@@ -460,10 +514,23 @@ class TorchNode(BaseNode):
         return {"mse": float(np.mean(per))}
 
     def state_dict(self):
-        return {f"module.{k}": v.detach().cpu() for k, v in self.module_.state_dict().items()}
+        state = {f"module.{k}": v.detach().cpu() for k, v in self.module_.state_dict().items()}
+        for j, snap in enumerate(getattr(self, "checkpoints_", [])):
+            state.update({f"ckpt.{j}.{k}": v for k, v in snap.items()})
+        return state
 
     def load_state_dict(self, state):
         net = self.module()
         net.load_state_dict({k[len("module."):]: v for k, v in state.items() if k.startswith("module.")})
         self.module_ = net.eval()
+        snaps: dict[int, dict[str, Any]] = {}
+        for k, v in state.items():
+            if k.startswith("ckpt."):
+                j, name = k[len("ckpt."):].split(".", 1)
+                snaps.setdefault(int(j), {})[name] = v
+        if self.checkpoints and not snaps:
+            raise ValueError(f"{type(self).__name__}(checkpoints={self.checkpoints}): the stored "
+                             "state holds no checkpoint weights")
+        self.checkpoints_ = [snaps[j] for j in sorted(snaps)]
+        self._ckpt_nets = None
         return self
