@@ -307,6 +307,8 @@ class System:
                 "params": params,
                 "seed": seed if uses_seed(node) else None,
             }
+            if hasattr(node, "data_fingerprint"):  # sources reading files: follow their content
+                payload["data"] = node.data_fingerprint()
             if not node.is_source:
                 payload["inputs"] = {arg: [keys[parse_ref(r)[0]], parse_ref(r)[1]]
                                      for arg, r in sorted(spec.inputs.items())}
