@@ -302,8 +302,11 @@ class Object3D:
         return (R @ np.stack([x, y, z])).T + self.location
 
     def to_line(self) -> str:
-        """The label line, KITTI's formatting (``%.2f``; score ``%.6f``)."""
+        """The label line, KITTI's formatting (``%.2f``; score ``%.6f``; DontCare's -1/-10/-1000)."""
         b, d, loc = self.bbox, self.dimensions, self.location
+        if self.type == "DontCare":  # KITTI writes the placeholder fields as integers
+            return (f"DontCare -1 -1 -10 {b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f} "
+                    "-1 -1 -1 -1000 -1000 -1000 -10")
         line = (f"{self.type} {self.truncated:.2f} {self.occluded:d} {self.alpha:.2f} "
                 f"{b[0]:.2f} {b[1]:.2f} {b[2]:.2f} {b[3]:.2f} {d[0]:.2f} {d[1]:.2f} {d[2]:.2f} "
                 f"{loc[0]:.2f} {loc[1]:.2f} {loc[2]:.2f} {self.rotation_y:.2f}")

@@ -987,7 +987,9 @@ def _labels(params: SceneParams, cfg: WorldConfig, calib: Calib, view: _View,
         if visible[oi] == 0:
             continue  # hidden or outside the image: in the scene, not in the labels
         loc = np.array([o.x, cam.mount_height, o.z])
-        box = Object3D(o.cls, 0.0, 0, 0.0, [0, 0, 0, 0], [o.h, o.w, o.l], loc, o.ry)
+        # the 2D box is the projection of the 3D box as the label file stores it (rounded)
+        box = Object3D(o.cls, 0.0, 0, 0.0, [0, 0, 0, 0], [_r2(o.h), _r2(o.w), _r2(o.l)],
+                       [_r2(v) for v in loc], _r2(o.ry))
         px = calib.project(box.corners(), camera=2)
         bbox = np.array([np.clip(px[:, 0].min(), 0, W - 1), np.clip(px[:, 1].min(), 0, H - 1),
                          np.clip(px[:, 0].max(), 0, W - 1), np.clip(px[:, 1].max(), 0, H - 1)])
