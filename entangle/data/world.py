@@ -664,6 +664,18 @@ class _Materials:
         }
 
 
+@functools.lru_cache(maxsize=8)
+def _ray_directions(cam: CameraConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel ray slopes (x/z, y/z), flat (H*W,): the same for both cameras of the rig."""
+    H, W = cam.height, cam.width
+    u = (np.arange(W) - cam.cx_frac * W) / cam.focal
+    v = (np.arange(H) - cam.cy_frac * H) / cam.focal
+    dx, dy = np.tile(u, H), np.repeat(v, W)
+    dx.setflags(write=False)
+    dy.setflags(write=False)
+    return dx, dy
+
+
 class _View:
     """Z-buffer and per-pixel surface data of one camera (flat arrays of H*W pixels)."""
 
@@ -681,11 +693,7 @@ class _View:
         self.fpu = np.ones(n, np.float32)
         self.fpv = np.ones(n, np.float32)
         self.light = np.zeros(n, np.float32)
-        self.scratch = np.zeros(n, dtype=bool)
-        u = (np.arange(W) - self.cx) / self.f
-        v = (np.arange(H) - self.cy) / self.f
-        self.dx = np.tile(u, H)
-        self.dy = np.repeat(v, W)
+        self.dx, self.dy = _ray_directions(cam)
 
     def write(self, idx: np.ndarray, t: np.ndarray, mat, tu, tv, fpu, fpv, light, obj=-1) -> None:
         """Keep the candidate hits (pixel ``idx`` at depth ``t``) that are nearer."""
@@ -705,101 +713,132 @@ def _lambert(normal: np.ndarray, sun: np.ndarray, ambient: float) -> np.ndarray:
 
 def _render_static(view: _View, scene: SceneParams, cam: CameraConfig, mats: _Materials,
                    ids: dict) -> None:
-    """Ground, side facades and the far wall, intersected with every pixel's ray."""
+    """Ground, side facades and the far wall, intersected with every pixel's ray.
+
+    Each surface is computed only on the image rectangle it can cover (ground: rows below the
+    horizon; a facade: columns on its side; the far wall: its projection) and its candidates
+    replace farther ones with masked copies, which beats gathering pixel indices here.
+    """
     sun, amb, hgt = np.asarray(scene.sun), scene.ambient, cam.mount_height
-    f, Cx = view.f, view.C[0]
+    f, Cx, H, W = view.f, view.C[0], view.H, view.W
+    dx2, dy2 = view.dx.reshape(H, W), view.dy.reshape(H, W)
+    bufs = [b.reshape(H, W) for b in (view.depth, view.mat, view.tu, view.tv, view.fpu,
+                                      view.fpv, view.light)]
     z_end = scene.end_wall.z0
-    all_idx = np.arange(view.H * view.W)
-    # ground plane y = h: t = h / dy for rays going down
-    down = all_idx[view.dy > 1e-9]
-    t = hgt / view.dy[down]
-    keep = t < z_end
-    down, t = down[keep], t[keep]
-    x = Cx + t * view.dx[down]
+    inf = np.inf
+
+    def put(rows: slice, cols: slice, t, *values) -> None:
+        depth = bufs[0][rows, cols]
+        near = t < depth
+        np.copyto(depth, t, where=near)
+        for buf, val in zip(bufs[1:], values):
+            np.copyto(buf[rows, cols], val, where=near, casting="same_kind")
+
+    # ground plane y = h: t = h / dy for rays going down (rows below the horizon)
+    r0 = max(0, int(math.floor(view.cy)) + 1)
+    rows, cols = slice(r0, H), slice(0, W)
+    dx, dy = dx2[rows, cols], dy2[rows, cols]
+    with np.errstate(divide="ignore"):
+        t = hgt / dy
+    t[t >= z_end] = inf
+    x = Cx + t * dx
     on_road = (x >= scene.road[0]) & (x <= scene.road[1])
-    light = _lambert(np.array([0.0, -1.0, 0.0]), sun, amb)
-    view.write(down, t, np.where(on_road, ids["road"], ids["sidewalk"]), x, t,
-               t / f, t * t / (f * hgt), np.full(t.shape, light))
-    # side facades x = X: t = (X - Cx) / dx, visible between the ground and the block's top
+    put(rows, cols, t, np.where(on_road, ids["road"], ids["sidewalk"]), x, t, t / f,
+        t * t / (f * hgt), _lambert(np.array([0.0, -1.0, 0.0]), sun, amb))
+    # side facades x = X: t = (X - Cx) / dx, between the ground and the block's top
+    c0 = int(math.floor(view.cx))
     for side, blocks, sign in ((0, scene.left_blocks, -1.0), (1, scene.right_blocks, 1.0)):
+        cols = slice(0, c0 + 1) if side == 0 else slice(c0, W)
+        rows = slice(0, H)
+        dx, dy = dx2[rows, cols], dy2[rows, cols]
         X = scene.facades[side]
-        sel = all_idx[sign * view.dx > 1e-9]
-        t = (X - Cx) / view.dx[sel]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(sign * dx > 1e-9, (X - Cx) / dx, inf)
         z1 = np.array([b.z1 for b in blocks])
         tops = hgt - np.array([b.height for b in blocks])
-        k = np.minimum(np.searchsorted(z1, t), len(blocks) - 1)
-        y = t * view.dy[sel]
-        ok = (t < z_end) & (y <= hgt) & (y >= tops[k])
-        sel, t, y, k = sel[ok], t[ok], y[ok], k[ok]
-        normal = np.array([-sign, 0.0, 0.0])
-        view.write(sel, t, ids["left" if side == 0 else "right"][k], t, y,
-                   t * t / (f * abs(X - Cx)), t / f, np.full(t.shape, _lambert(normal, sun, amb)))
-    # the far wall z = z_end between the facades
-    x = Cx + z_end * view.dx
-    y = z_end * view.dy
-    ok = ((x >= scene.facades[0]) & (x <= scene.facades[1]) & (y <= hgt)
-          & (y >= hgt - scene.end_wall.height))
-    sel = all_idx[ok]
-    t = np.full(sel.shape, z_end)
-    view.write(sel, t, ids["end"], x[ok], y[ok], t / f, t / f,
-               np.full(sel.shape, _lambert(np.array([0.0, 0.0, -1.0]), sun, amb)))
+        k = np.minimum(np.searchsorted(z1, np.minimum(t, 1e9)), len(blocks) - 1)
+        y = t * dy
+        t[~((t < z_end) & (y <= hgt) & (y >= tops[k]))] = inf
+        put(rows, cols, t, ids["left" if side == 0 else "right"][k], t, y,
+            t * t / (f * abs(X - Cx)), t / f, _lambert(np.array([-sign, 0.0, 0.0]), sun, amb))
+    # the far wall z = z_end between the facades, on its projected rectangle
+    u0 = view.cx + f * (scene.facades[0] - Cx) / z_end
+    u1 = view.cx + f * (scene.facades[1] - Cx) / z_end
+    v0 = view.cy + f * (hgt - scene.end_wall.height) / z_end
+    v1 = view.cy + f * hgt / z_end
+    cols = slice(max(0, int(math.floor(u0)) - 1), min(W, int(math.ceil(u1)) + 2))
+    rows = slice(max(0, int(math.floor(v0)) - 1), min(H, int(math.ceil(v1)) + 2))
+    dx, dy = dx2[rows, cols], dy2[rows, cols]
+    if dx.size:
+        x = Cx + z_end * dx
+        y = z_end * dy
+        ok = ((x >= scene.facades[0]) & (x <= scene.facades[1]) & (y <= hgt)
+              & (y >= hgt - scene.end_wall.height))
+        put(rows, cols, np.where(ok, z_end, inf), ids["end"], x, y, z_end / f, z_end / f,
+            _lambert(np.array([0.0, 0.0, -1.0]), sun, amb))
 
 
 def _render_objects(view: _View, scene: SceneParams, cam: CameraConfig, ids: dict,
                     amodal: np.ndarray | None) -> None:
-    """Ray-box (slab) intersection of every object part, restricted to its projected box."""
+    """Ray-box (slab) intersection of every object's parts, on the object's projected box.
+
+    All parts of an object share its yaw, so their slab tests run as one (parts, pixels, 3)
+    array; each pixel keeps its nearest part. ``amodal`` receives, per object, the number of
+    pixels it covers when nothing occludes it.
+    """
     sun, amb, f = np.asarray(scene.sun), scene.ambient, view.f
     H, W = view.H, view.W
+    signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
     for oi, obj in enumerate(scene.objects):
         R = _yaw_matrix(obj.ry)
-        hits: list[np.ndarray] = []
-        for pi, (centre, half, m) in enumerate(object_parts(obj, cam.mount_height)):
-            # region of interest: the projection of the part's corners in this view
-            signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-            corners = centre + (signs * half) @ R.T - view.C  # (8, 3)
-            if corners[:, 2].min() <= 0.05:
-                continue
-            us = corners[:, 0] / corners[:, 2] * f + view.cx
-            vs = corners[:, 1] / corners[:, 2] * f + view.cy
-            u0, u1 = max(0, int(math.floor(us.min()))), min(W - 1, int(math.ceil(us.max())))
-            v0, v1 = max(0, int(math.floor(vs.min()))), min(H - 1, int(math.ceil(vs.max())))
-            if u0 > u1 or v0 > v1:
-                continue
-            idx = (np.arange(v0, v1 + 1)[:, None] * W + np.arange(u0, u1 + 1)[None, :]).ravel()
-            d = np.stack([view.dx[idx], view.dy[idx], np.ones(idx.size)], axis=1)  # (n, 3)
-            o = R.T @ (view.C - centre)     # ray origin in the part's frame
-            e = d @ R                       # ray directions in the part's frame, (n, 3)
-            e = np.where(np.abs(e) < 1e-12, 1e-12, e)
-            t1 = (-half - o) / e
-            t2 = (half - o) / e
-            tmin = np.minimum(t1, t2)
-            t_in = tmin.max(axis=1)
-            t_out = np.maximum(t1, t2).min(axis=1)
-            hit = (t_in <= t_out) & (t_in > 1e-3)
-            if not np.any(hit):
-                continue
-            if amodal is not None:
-                hits.append(idx[hit])
-            idx, e, t, axis = idx[hit], e[hit], t_in[hit], tmin[hit].argmax(axis=1)
-            p = o + t[:, None] * e                             # hit points, part frame (n, 3)
-            n_local = np.zeros_like(p)
-            rows = np.arange(len(t))
-            n_local[rows, axis] = -np.sign(e[rows, axis])
-            light = obj.shade * _lambert(n_local @ R.T, sun, amb)
-            # texture coordinates: the two in-face axes, offset per face
-            tu = np.where(axis == 0, p[:, 2], p[:, 0]) + axis * 3.1
-            tv = np.where(axis == 1, p[:, 2], p[:, 1])
-            cos = np.abs(e[rows, axis]) / np.linalg.norm(e, axis=1)
-            fp = t * np.linalg.norm(d[hit], axis=1) / (f * np.sqrt(np.maximum(cos, 0.02)))
-            view.write(idx, t, ids["objects"][oi][m], tu, tv, fp, fp, light, obj=oi)
-        if amodal is not None and hits:
-            # pixels the object covers when nothing occludes it (parts may overlap)
-            scratch = view.scratch
-            for h in hits:
-                scratch[h] = True
-            amodal[oi] = int(np.count_nonzero(scratch))
-            for h in hits:
-                scratch[h] = False
+        parts = object_parts(obj, cam.mount_height)
+        centres = np.array([p[0] for p in parts])                 # (P, 3)
+        halves = np.array([p[1] for p in parts])                  # (P, 3)
+        mat_ids = np.array([ids["objects"][oi][p[2]] for p in parts])
+        # region of interest: the projection of the parts' corners in this view
+        corners = (centres[:, None, :] + (signs[None] * halves[:, None, :]) @ R.T
+                   - view.C).reshape(-1, 3)                       # (P*8, 3)
+        if corners[:, 2].min() <= 0.05:
+            continue  # the renderer assumes objects fully in front of the camera
+        us = corners[:, 0] / corners[:, 2] * f + view.cx
+        vs = corners[:, 1] / corners[:, 2] * f + view.cy
+        u0, u1 = max(0, int(math.floor(us.min()))), min(W - 1, int(math.ceil(us.max())))
+        v0, v1 = max(0, int(math.floor(vs.min()))), min(H - 1, int(math.ceil(vs.max())))
+        if u0 > u1 or v0 > v1:
+            continue
+        idx = (np.arange(v0, v1 + 1)[:, None] * W + np.arange(u0, u1 + 1)[None, :]).ravel()
+        d = np.stack([view.dx[idx], view.dy[idx], np.ones(idx.size)], axis=1)  # (n, 3)
+        o = (view.C - centres) @ R                # ray origins in the parts' frames, (P, 3)
+        e = d @ R                                 # ray directions in the object frame, (n, 3)
+        e = np.where(np.abs(e) < 1e-12, 1e-12, e)
+        t1 = (-halves[:, None, :] - o[:, None, :]) / e[None]     # (P, n, 3)
+        t2 = (halves[:, None, :] - o[:, None, :]) / e[None]
+        tmin = np.minimum(t1, t2)
+        t_in = tmin.max(axis=2)                                   # (P, n)
+        t_out = np.maximum(t1, t2).min(axis=2)
+        t_in = np.where((t_in <= t_out) & (t_in > 1e-3), t_in, np.inf)
+        best = t_in.argmin(axis=0)                                # nearest part per pixel
+        cols = np.arange(idx.size)
+        t = t_in[best, cols]
+        hit = np.isfinite(t)
+        if amodal is not None:
+            amodal[oi] = int(np.count_nonzero(hit))
+        if not hit.any():
+            continue
+        best, cols, t, e = best[hit], cols[hit], t[hit], e[hit]
+        axis = tmin[best, cols].argmax(axis=1)                    # the face the ray enters
+        p = o[best] + t[:, None] * e                              # hit points, part frames
+        rows = np.arange(t.size)
+        n_local = np.zeros_like(p)
+        n_local[rows, axis] = -np.sign(e[rows, axis])
+        light = obj.shade * _lambert(n_local @ R.T, sun, amb)
+        # texture coordinates: the two in-face axes, offset per face
+        tu = np.where(axis == 0, p[:, 2], p[:, 0]) + axis * 3.1
+        tv = np.where(axis == 1, p[:, 2], p[:, 1])
+        norm = np.linalg.norm(d[hit], axis=1)
+        cos = np.abs(e[rows, axis]) / norm
+        fp = t * norm / (f * np.sqrt(np.maximum(cos, 0.02)))
+        view.write(idx[hit], t, mat_ids[best], tu, tv, fp, fp, light, obj=oi)
 
 
 def _shade(view: _View, scene: SceneParams, m: dict, atlas: TextureAtlas) -> np.ndarray:
@@ -946,7 +985,6 @@ def render_scene(params: SceneParams, cfg: WorldConfig, *, sample_id: str = "000
     objects, attrs, instances = _labels(params, cfg, calib, views[0], amodal, left)
     attributes = {"id": sample_id, "world_version": WORLD_VERSION, "objects": attrs,
                   "scene": params.to_dict()}
-    attributes = json.loads(json.dumps(attributes))
     return Sample(id=sample_id, left=left, right=right, calib=calib, objects=objects,
                   disparity=disparity, depth=depth, attributes=attributes, disparity_noc=noc,
                   instances=instances)

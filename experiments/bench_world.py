@@ -1,0 +1,70 @@
+"""Benchmark: how fast the synthetic world renders and writes, in scenes per second.
+
+    python experiments/bench_world.py [--scenes 200] [--workers 2] [--height 128 --width 416]
+
+Prints the time of each stage for one process (sampling, rendering, writing the KITTI files)
+and the end-to-end throughput of ``generate`` with the given workers. The issue's target is
+20 scenes/s on 2 cores at 128x416, so that 5,000 scenes take about four minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from entangle.data.kitti import write_sample
+from entangle.data.world import (WorldConfig, generate, render_scene, sample_scene, scene_rng,
+                                 texture_atlas)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=416)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    cfg = WorldConfig()
+    cfg = dataclasses.replace(cfg, camera=dataclasses.replace(cfg.camera, height=args.height,
+                                                              width=args.width))
+    print(f"cores visible: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")
+    start = time.perf_counter()
+    texture_atlas(cfg.texture.seed, cfg.texture.count, cfg.texture.size)
+    print(f"texture bank: {time.perf_counter() - start:.2f} s (once per process)")
+
+    n = min(args.scenes, 60)
+    t_sample, t_render, t_write = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(n):
+            t0 = time.perf_counter()
+            params = sample_scene(scene_rng(args.seed, i), cfg)
+            t1 = time.perf_counter()
+            sample = render_scene(params, cfg, sample_id=f"{i:06d}")
+            t2 = time.perf_counter()
+            write_sample(Path(tmp) / "training", sample)
+            t3 = time.perf_counter()
+            t_sample.append(t1 - t0)
+            t_render.append(t2 - t1)
+            t_write.append(t3 - t2)
+    per = np.mean(t_sample) + np.mean(t_render) + np.mean(t_write)
+    print(f"one process, {n} scenes at {args.height}x{args.width}: sample "
+          f"{1e3 * np.mean(t_sample):.1f} ms, render {1e3 * np.mean(t_render):.1f} ms, write "
+          f"{1e3 * np.mean(t_write):.1f} ms -> {1 / per:.1f} scenes/s")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        generate(Path(tmp) / "world", args.scenes, seed=args.seed, cfg=cfg, workers=args.workers)
+        elapsed = time.perf_counter() - start
+    print(f"generate: {args.scenes} scenes with {args.workers} workers in {elapsed:.2f} s -> "
+          f"{args.scenes / elapsed:.1f} scenes/s (5,000 scenes: {5000 / (args.scenes / elapsed) / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    main()
