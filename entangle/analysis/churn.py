@@ -21,8 +21,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
-from entangle.analysis.stability import (OutcomeSpec, StabilityError, flip_rates, reference_spec,
-                                         run_outcomes)
+from entangle.analysis.stability import (OutcomeSpec, StabilityError, check_same_items, flip_rates,
+                                         reference_spec, run_outcomes)
 from entangle.compare import paired_delta
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ def churn_between(a_runs: Mapping[int, Any], b_runs: Mapping[int, Any], node: st
     """Flip rates of ``node`` from run ``a_runs[i]`` to ``b_runs[j]`` for each pair ``(i, j)``."""
     out = []
     for i, j in pairs:
+        check_same_items(a_runs[i], b_runs[j], node, split)
         a = run_outcomes(a_runs[i], node, split, spec)
         b = run_outcomes(b_runs[j], node, split, spec)
         if len(a.labels) != len(b.labels):

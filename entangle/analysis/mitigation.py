@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from entangle.analysis.churn import mean_interval, seed_pairs
-from entangle.analysis.stability import (OutcomeSpec, Outcomes, StabilityError, flip_rates,
+from entangle.analysis.stability import (OutcomeSpec, Outcomes, StabilityError, check_same_items, flip_rates,
                                          label_entropy, node_targets, outcome_arrays,
                                          pairwise_disagreement, reference_spec, run_outcomes)
 from entangle.node import TorchNode
@@ -259,6 +259,8 @@ def mitigate_instability(system: System, name: str, seeds: Sequence[int], store:
     split = split or system.eval_split
     if runs is None or not all(s in runs for s in seeds):
         runs = LocalExecutor().run(system, seeds, store)
+    for s in seeds[1:]:
+        check_same_items(runs[seeds[0]], runs[s], name, split)
     spec = reference_spec(runs[seeds[0]], name, split, OutcomeSpec())
     node = system.specs[name].node
     metric = node.metric

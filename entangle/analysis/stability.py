@@ -149,6 +149,31 @@ def node_targets(run: Any, name: str, split: str | None = None) -> dict[str, Any
     return out
 
 
+def _same_value(a: Any, b: Any) -> bool:
+    from entangle.node import Ragged
+    if isinstance(a, Ragged) or isinstance(b, Ragged):
+        return (isinstance(a, Ragged) and isinstance(b, Ragged)
+                and np.array_equal(a.offsets, b.offsets) and np.array_equal(a.values, b.values))
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
+def check_same_items(run_a: Any, run_b: Any, name: str, split: str | None = None) -> None:
+    """Raise unless two runs evaluate ``name`` on the same items (identical ground truth).
+
+    Per-item comparisons across seeds (entropy, seed-to-seed flips) are meaningless when a
+    source resamples its data with the seed; the error says how to fix it.
+    """
+    split = split or run_a.system.eval_split
+    ta, tb = node_targets(run_a, name, split), node_targets(run_b, name, split)
+    for arg in ta:
+        if arg not in tb or not _same_value(ta[arg], tb[arg]):
+            raise StabilityError(
+                f"node {name!r}: the ground truth on split {split!r} differs between seeds {run_a.seed} "
+                f"and {run_b.seed}, so its items cannot be compared across seeds (the source resamples "
+                "its data with the seed: fix its data seed, e.g. data_seed: 0)")
+
+
 def is_label_node(predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> bool:
     """Whether a node's outcomes are class labels (1-D integer ``pred`` and one target)."""
     pred = predictions.get("pred")
@@ -360,6 +385,8 @@ def seed_instability(system: System, node: str, seeds: Sequence[int], store: Sto
     _check_model(system, node)
     split = split or system.eval_split
     runs = _runs(system, seeds, store, runs)
+    for s in seeds[1:]:
+        check_same_items(runs[seeds[0]], runs[s], node, split)
     ref = reference_spec(runs[seeds[0]], node, split, spec)
     outs = [run_outcomes(runs[s], node, split, ref) for s in seeds]
     sizes = {len(o.labels) for o in outs}

@@ -72,9 +72,9 @@ def subpopulation_mask(attributes: Mapping[str, np.ndarray], spec: Mapping[str, 
     bounds = list(spec[how])
     if len(bounds) != 2 or bounds[0] > bounds[1]:
         raise StressError(f"{where}.{how}: expected [low, high] with low <= high, got {bounds}")
-    lo, hi = (np.quantile(v, bounds) if how == "quantile" else bounds)
     if how == "quantile" and not 0 <= bounds[0] <= bounds[1] <= 1:
         raise StressError(f"{where}.quantile: bounds must lie in [0, 1], got {bounds}")
+    lo, hi = (np.quantile(v, bounds) if how == "quantile" else bounds)
     return (v >= lo) & (v <= hi)
 
 
@@ -122,7 +122,8 @@ def _sd(values: Sequence[float]) -> float:
 
 
 def _ratio(sd: float, sd_iid: float) -> float | None:
-    if not np.isfinite(sd) or not np.isfinite(sd_iid) or sd_iid <= 0:
+    """``sd / sd_iid``; None when the i.i.d. spread is zero (deterministic nodes) or undefined."""
+    if not np.isfinite(sd) or not np.isfinite(sd_iid) or sd_iid <= 1e-12:
         return None
     return sd / sd_iid
 
