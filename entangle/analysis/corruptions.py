@@ -123,7 +123,7 @@ def _smooth_field(rng: np.random.Generator, h: int, w: int, decay: float) -> np.
 def gaussian_noise(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
     """Additive Gaussian noise, sigma 0.08 … 0.38 (ImageNet-C)."""
     sigma = (0.08, 0.12, 0.18, 0.26, 0.38)[severity - 1]
-    return np.clip(x + rng.normal(0.0, sigma, x.shape).astype(np.float32), 0.0, 1.0)
+    return np.clip(x + sigma * rng.standard_normal(x.shape, dtype=np.float32), 0.0, 1.0)
 
 
 def motion_blur(x: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
