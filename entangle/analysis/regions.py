@@ -45,14 +45,16 @@ class Probe:
     valid: np.ndarray
     groups: np.ndarray | None = None
     planted: np.ndarray | None = None
+    outputs: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.latents)
 
     def subset(self, mask: np.ndarray) -> "Probe":
         pick = lambda a: None if a is None else np.asarray(a)[mask]  # noqa: E731
+        outputs = None if self.outputs is None else {k: np.asarray(v)[mask] for k, v in self.outputs.items()}
         return Probe(self.latents[mask], self.inputs[mask], self.labels[mask], self.valid[mask],
-                     pick(self.groups), pick(self.planted))
+                     pick(self.groups), pick(self.planted), outputs)
 
 
 class LatentSpace(Protocol):
@@ -89,7 +91,7 @@ class Region:
 
 @dataclass
 class Regions:
-    """Found regions; a point belongs to the nearest region whose ``quantile`` ellipsoid holds it."""
+    """Found regions; a point belongs to the densest region whose ``quantile`` ellipsoid holds it."""
 
     regions: list[Region]
     dim: int
@@ -103,19 +105,26 @@ class Regions:
         return iter(self.regions)
 
     def assign(self, latents: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
-        """Each point's region index, or -1 outside every region (of the point's group)."""
+        """Each point's region index, or -1 outside every region (of the point's group).
+
+        A point is inside a region when it lies within the region's ``quantile`` ellipsoid;
+        among the regions it is inside, it belongs to the one with the highest mixture density
+        (member count × Gaussian density), so a broad region does not swallow the edges of a
+        tight one.
+        """
         from scipy import stats
         z = np.asarray(latents, dtype=np.float64)
         limit = stats.chi2.ppf(self.quantile, df=self.dim)
         best = np.full(len(z), -1, dtype=np.int64)
-        best_d = np.full(len(z), np.inf)
+        best_score = np.full(len(z), -np.inf)
         for r in self.regions:
             d2 = r.mahalanobis2(z)
             ok = d2 <= limit
             if r.group is not None and groups is not None:
                 ok &= np.asarray(groups) == r.group
-            better = ok & (d2 < best_d)
-            best[better], best_d[better] = r.index, d2[better]
+            score = np.log(r.n_members) - 0.5 * d2 - 0.5 * np.linalg.slogdet(r.cov)[1]
+            better = ok & (score > best_score)
+            best[better], best_score[better] = r.index, score[better]
         return best
 
     def summary(self) -> list[dict[str, Any]]:
@@ -255,7 +264,7 @@ class DigitStyleSpace:
     def _render(self, base: np.ndarray, style: np.ndarray, rng: np.random.Generator) -> Probe:
         out = self.source.render(base, style, rng=rng, split=None)
         return Probe(style, out["x"], out["y_true"], np.ones(len(base), dtype=bool),
-                     groups=out["y_true"], planted=out["planted"])
+                     groups=out["y_true"], planted=out["planted"], outputs=out)
 
     def sample(self, n: int, rng: np.random.Generator) -> Probe:
         base = self.bases[rng.integers(0, len(self.bases), n)]
@@ -308,12 +317,12 @@ def fine_tune(node: Any, x_fix: np.ndarray, y_fix: np.ndarray, x_keep: np.ndarra
     import torch.nn.functional as F
 
     torch.manual_seed(seed)
+    if len(x_fix) == 0:
+        raise ValueError("fine_tune needs at least one labelled region sample")
     x_fix = np.asarray(x_fix, dtype=np.float64).reshape(len(x_fix), -1)
     x_keep = np.asarray(x_keep, dtype=np.float64).reshape(len(x_keep), x_fix.shape[1])
     if not len(x_keep) and retention > 0:
         log.warning("fine_tune: no retained inputs, so no retention term (every input lies in a region)")
-    if len(x_fix) == 0:
-        raise ValueError("fine_tune needs at least one labelled region sample")
     student = copy.deepcopy(node.module_).train()
     teacher = node.module_.eval()
     Xf = node.tensor(x_fix)

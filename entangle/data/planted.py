@@ -338,3 +338,8 @@ def planted_detection_table(n: int, seed: int, *, contrast_below: float | None =
     feats = embed_detection_attributes(attrs, dim=dim, noise=noise, rng=rng)
     return {"attrs": attrs, "features": feats, "miss": miss, "planted": planted,
             "names": np.asarray(DETECTION_ATTRIBUTES)}
+
+
+def one_vs_rest(y: np.ndarray, *, digit: int) -> np.ndarray:
+    """Binary target of a one-class detector: 1 where ``y == digit`` (a FunctionNode body)."""
+    return (np.asarray(y) == int(digit)).astype(np.int64)
