@@ -95,6 +95,15 @@ def test_enrichment_finds_the_planted_attribute():
     assert enrichment(np.zeros(n, bool), {"colour": colour}) == []
 
 
+def test_node_attributes_merge_shared_and_own_items():
+    from entangle.analysis.stability import node_attributes
+    attrs = {"night": np.array([0, 1]), "car": {"distance": np.array([5.0, 30.0, 60.0])},
+             "pedestrian": {"distance": np.array([8.0])}}
+    car = node_attributes(attrs, "car")
+    assert set(car) == {"night", "distance"} and car["distance"].tolist() == [5.0, 30.0, 60.0]
+    assert set(node_attributes(attrs, "depth")) == {"night"}
+
+
 def test_mean_interval_and_seed_pairs():
     assert seed_pairs([4, 5]) == [(4, 5)]
     assert seed_pairs([1, 2, 3]) == [(1, 2), (2, 3), (3, 1)]

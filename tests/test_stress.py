@@ -78,7 +78,7 @@ def test_stress_reruns_fitted_seeds_on_corrupted_images(two_readers):
     assert rep["underspecification"]["on_image"]["families"]["noise"] == pytest.approx(u["ratio"])
     assert rep["skipped_corruptions"] == [] and rep["system_outputs"] == ["on_image", "on_x"]
     assert len(rep["subpopulations"]["faint"]["nodes"]["on_image"]) == 3
-    assert rep["subpopulations"]["faint"]["n_samples"][0] == pytest.approx(0.25 * len(
+    assert rep["subpopulations"]["faint"]["n_items"]["on_image"][0] == pytest.approx(0.25 * len(
         res.runs[0].values("data", "test")["y"]), abs=3)
     json.dumps(rep)
     stress_test(system, [0, 1, 2], store, images=["data.image"], corruptions=["jpeg"], severities=[3])
@@ -134,3 +134,23 @@ def test_experiment_quick_and_toy_subpopulations_only(compose_cfg, tmp_path):
     assert toy["corruptions"] == [] and "subpopulation shifts only" in toy["note"]
     assert set(toy["subpopulations"]) == {"x0_high", "x0_low", "x1_high"}
     assert toy["seeds"] == [0, 1]  # the command line wins over the profile's seeds
+
+
+def test_node_specific_attributes_apply_to_that_node_only(two_readers):
+    from entangle.data.digit_tasks import digit_attributes
+    system, store = two_readers
+
+    def attrs(image, y, **_):
+        ink = digit_attributes(image)["ink"]
+        return {"digit": y, "on_image": {"own_ink": ink}}   # an attribute of on_image's items only
+
+    rep = stress_test(system, [0, 1], store, images=["data.image"], corruptions=[], attributes=attrs,
+                      subpopulations={"faint": {"attribute": "own_ink", "quantile": [0, 0.3]},
+                                      "sevens": {"attribute": "digit", "values": [7]}}, matched_draws=3).report
+    assert rep["subpopulations"]["faint"]["nodes"]["on_x"] is None
+    assert len(rep["subpopulations"]["faint"]["nodes"]["on_image"]) == 2
+    assert rep["underspecification"]["on_x"]["subpopulations"]["faint"] is None
+    assert rep["subpopulations"]["sevens"]["quantity"] == {"on_image": "accuracy", "on_x": "accuracy"}
+    with pytest.raises(StressError, match=r"subpopulations.far.attribute: unknown attribute 'depth'"):
+        stress_test(system, [0, 1], store, images=["data.image"], corruptions=[], attributes=attrs,
+                    subpopulations={"far": {"attribute": "depth", "quantile": [0.9, 1.0]}})

@@ -50,7 +50,7 @@ def stress_figure(report: Mapping[str, Any], node: str):
     if subs:
         ax = axes.flat[len(cors)]
         for i, p in enumerate(subs):
-            v = np.asarray(report["subpopulations"][p]["nodes"][node], dtype=float)
+            v = np.asarray(report["subpopulations"][p]["nodes"][node] or [], dtype=float)
             ax.scatter(np.full(len(v), i + 1), v, color=SEED_COLOR, s=10)
             ax.plot([i + 0.7, i + 1.3], [np.nanmean(v)] * 2, color="#c62828", lw=2)
         ax.scatter(np.zeros(len(iid)), iid, color=SEED_COLOR, s=10)

@@ -245,12 +245,15 @@ def reference_spec(run: Any, name: str, split: str | None = None,
 # -- attributes and enrichment -----------------------------------------------------------------
 
 def source_attributes(run: Any, split: str | None = None,
-                      fn: Callable[..., Mapping[str, np.ndarray]] | str | None = None) -> dict[str, np.ndarray]:
+                      fn: Callable[..., Mapping[str, Any]] | str | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Per-sample attributes on ``split``: ``fn(**source outputs)``, or the sources' numeric columns.
 
     Without ``fn``, every 1-D numeric source output (except ``index``) is an attribute and every
     2-D one with at most 8 columns gives one attribute per column (``x_0``, ``x_1``, ...).
-    ``fn`` may be a dotted path (``package.module.function``).
+    ``fn`` may be a dotted path (``package.module.function``) or a Hydra config with
+    ``_partial_: true``. Its result maps names to per-sample arrays and may hold, under a node's
+    name, a mapping of attributes of *that node's* items (e.g. a detector's objects): see
+    :func:`node_attributes`.
     """
     split = split or run.system.eval_split
     values: dict[str, Any] = {}
@@ -260,7 +263,10 @@ def source_attributes(run: Any, split: str | None = None,
         if isinstance(fn, str):
             from hydra.utils import get_method
             fn = get_method(fn)
-        return {k: np.asarray(v) for k, v in dict(fn(**values)).items()}
+        elif isinstance(fn, Mapping) or hasattr(fn, "keys"):
+            from hydra.utils import instantiate
+            fn = instantiate(fn)
+        return {k: (dict(v) if isinstance(v, Mapping) else np.asarray(v)) for k, v in dict(fn(**values)).items()}
     out: dict[str, np.ndarray] = {}
     for k, v in values.items():
         if k == "index" or not isinstance(v, np.ndarray) or v.dtype.kind not in "iufb":
@@ -269,6 +275,18 @@ def source_attributes(run: Any, split: str | None = None,
             out[k] = v
         elif v.ndim == 2 and v.shape[1] <= 8:
             out.update({f"{k}_{j}": v[:, j] for j in range(v.shape[1])})
+    return out
+
+
+def node_attributes(attributes: Mapping[str, Any], node: str) -> dict[str, np.ndarray]:
+    """The attributes of ``node``'s items: the per-sample arrays plus ``attributes[node]`` (if a mapping).
+
+    Node-specific entries win over per-sample ones of the same name; other nodes' blocks are dropped.
+    """
+    out = {k: np.asarray(v) for k, v in attributes.items() if not isinstance(v, Mapping)}
+    own = attributes.get(node)
+    if isinstance(own, Mapping):
+        out.update({k: np.asarray(v) for k, v in own.items()})
     return out
 
 

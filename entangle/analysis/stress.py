@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from entangle.analysis import corruptions as C
-from entangle.analysis.stability import node_targets, source_attributes
+from entangle.analysis.stability import node_attributes, node_targets, source_attributes
 from entangle.node import take
 from entangle.store import Store
 from entangle.system import System, parse_ref
@@ -176,7 +176,10 @@ def stress_test(system: System, seeds: Sequence[int], store: Store, *,
         physical, independent sensor noise, right-only ``stereo_mismatch``).
     corruptions, severities : names from :data:`~entangle.analysis.corruptions.CORRUPTIONS`
         and severities 1–5. A stereo-only corruption without ``pairs`` is skipped (and listed).
-    subpopulations : name -> ``{attribute, quantile | range | values}`` over per-sample attributes.
+    subpopulations : name -> ``{attribute, quantile | range | values}`` over per-item attributes;
+        a node whose items lack the attribute (see :func:`~entangle.analysis.stability.node_attributes`)
+        gets ``None`` for it; a mask over a node's objects rather than samples is scored by the
+        mean per-object loss (``quantity``).
     attributes : the attribute function (or its dotted path) of the sources' outputs; default:
         the sources' numeric columns (see :func:`~entangle.analysis.stability.source_attributes`).
     corruption_seed : fixes the random draws of the corruptions (the same for every model seed).
@@ -240,32 +243,48 @@ def stress_test(system: System, seeds: Sequence[int], store: Store, *,
             metric = system.specs[n].node.metric
             cor[c][sv][n].append(res[n]["metrics"][metric] if n in res else runs[s].metrics(n, split)[metric])
 
-    # subpopulations
+    # subpopulations, resolved per node: a node's items may be samples or its own objects
     subs: dict[str, Any] = {}
+    matched: dict[str, dict[str, list[list[float]]]] = {}
     for pname, pspec in (subpopulations or {}).items():
-        subs[pname] = {"definition": dict(pspec), "n_samples": [], "nodes": {n: [] for n in models}}
-        subs[pname]["matched_iid"] = {n: [[] for _ in range(matched_draws)] for n in models}
+        subs[pname] = {"definition": dict(pspec), "quantity": {}, "n_items": {n: [] for n in models},
+                       "nodes": {n: [] for n in models}}
+        matched[pname] = {n: [[] for _ in range(matched_draws)] for n in models}
     rng = np.random.default_rng(corruption_seed)
-    draws: dict[tuple[str, int], np.ndarray] = {}
+    draws: dict[tuple, np.ndarray] = {}
     loaded: dict = {}
     for s in seeds if subs else []:
         attrs = source_attributes(runs[s], split, attributes)
         for pname, pspec in (subpopulations or {}).items():
-            mask = subpopulation_mask(attrs, pspec, f"subpopulations.{pname}")
-            subs[pname]["n_samples"].append(int(mask.sum()))
+            known: set[str] = set()
             for n in models:
+                nattrs = node_attributes(attrs, n)
+                known |= set(nattrs)
+                if dict(pspec).get("attribute") not in nattrs:
+                    continue  # not an attribute of this node's items: not applicable
+                mask = subpopulation_mask(nattrs, pspec, f"subpopulations.{pname}")
                 metric = system.specs[n].node.metric
                 m = subset_metrics(runs[s], n, mask, split, loaded)
-                subs[pname]["nodes"][n].append(m.get(metric, m.get("mean_loss")))
+                quantity = metric if metric in m else "mean_loss"
+                subs[pname]["quantity"][n] = quantity
+                subs[pname]["n_items"][n].append(int(mask.sum()))
+                subs[pname]["nodes"][n].append(m[quantity])
                 # the same number of random i.i.d. items: a small subset's seed spread is larger
                 # by its size alone, so the ratio is taken against size-matched random subsets
                 for b in range(matched_draws):
-                    key = (pname, b, len(mask), int(mask.sum()))
+                    key = (pname, n, b, len(mask), int(mask.sum()))
                     if key not in draws:
                         draws[key] = np.isin(np.arange(len(mask)),
                                              rng.choice(len(mask), int(mask.sum()), replace=False))
                     mb = subset_metrics(runs[s], n, draws[key], split, loaded)
-                    subs[pname]["matched_iid"][n][b].append(mb.get(metric, mb.get("mean_loss")))
+                    matched[pname][n][b].append(mb[quantity])
+            if not subs[pname]["quantity"]:
+                raise StressError(f"subpopulations.{pname}.attribute: unknown attribute "
+                                  f"{dict(pspec).get('attribute')!r} (known: {sorted(known)})")
+    for entry in subs.values():
+        for n in models:
+            if not entry["nodes"][n]:
+                entry["nodes"][n] = entry["n_items"][n] = None
 
     under: dict[str, Any] = {}
     ranks: dict[str, Any] = {}
@@ -287,8 +306,11 @@ def stress_test(system: System, seeds: Sequence[int], store: Store, *,
         sub_ratio = {}
         for pname, entry in subs.items():
             vals = entry["nodes"][n]
-            matched = [_sd(v) for v in entry["matched_iid"][n]]
-            sd_matched = float(np.nanmean(matched)) if np.any(np.isfinite(matched)) else float("nan")
+            if vals is None:
+                sub_ratio[pname] = None
+                continue
+            sds = [_sd(v) for v in matched[pname][n]]
+            sd_matched = float(np.nanmean(sds)) if np.any(np.isfinite(sds)) else float("nan")
             entry.setdefault("iid_sd_matched", {})[n] = sd_matched
             sub_ratio[pname] = _ratio(_sd(vals), sd_matched)
             rk[f"subpopulation:{pname}"] = {"mean": _spearman(iid[n], vals)}
@@ -297,8 +319,6 @@ def stress_test(system: System, seeds: Sequence[int], store: Store, *,
                                  for f, v in fam.items()},
                     "subpopulations": sub_ratio}
         ranks[n] = rk
-    for entry in subs.values():
-        entry.pop("matched_iid", None)  # summarised as iid_sd_matched
 
     report = {
         "split": split, "seeds": seeds, "corruptions": active, "severities": severities,

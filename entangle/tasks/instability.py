@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from entangle.analysis.churn import version_churn
     from entangle.analysis.mitigation import focal_distillation, mitigate_instability
     from entangle.analysis.stability import (OutcomeSpec, StabilityError, checkpoint_instability,
-                                             seed_instability, source_attributes)
+                                             node_attributes, seed_instability, source_attributes)
     from entangle.compare import compare
     from entangle.tasks.study import build_systems
 
@@ -67,7 +67,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         entropies: dict[str, dict[str, np.ndarray]] = {}
         for name in old.models():
             spec = specs.get(name, OutcomeSpec())
-            seeds_inst = seed_instability(old, name, run_seeds, store, spec=spec, attributes=attrs,
+            seeds_inst = seed_instability(old, name, run_seeds, store, spec=spec,
+                                          attributes=node_attributes(attrs, name),
                                           runs=study.old_runs, top=int(inst.get("top_attributes", 5)))
             entry = dict(seeds_inst.report)
             entropies[name] = {"across seeds": seeds_inst.entropy}
