@@ -190,3 +190,29 @@ def test_resampled_data_is_refused_for_per_item_comparisons(tmp_path):
                                      targets={"y": "data.y"}, output=True)})
     with pytest.raises(StabilityError, match="differs between seeds 0 and 1.*fix its data seed"):
         seed_instability(system, "reg", [0, 1], Store(tmp_path / "s"))
+
+
+def test_world_attributes_give_each_detector_its_objects():
+    from entangle.data.world_attributes import world_attributes
+    from entangle.data.world_source import OBJECT_ATTRIBUTES
+    from entangle.models.layout import CAR, LABEL_COLUMNS, PEDESTRIAN, L
+    from entangle.node import Ragged
+
+    def row(cls, z, occluded):
+        r = np.zeros(len(LABEL_COLUMNS), np.float32)
+        r[L["cls"]], r[L["z"]], r[L["occluded"]] = cls, z, occluded
+        return r
+
+    labels = Ragged.from_list([np.stack([row(CAR, 10, 0), row(PEDESTRIAN, 5, 1)]), np.stack([row(CAR, 40, 2)])])
+    table = np.full((3, len(OBJECT_ATTRIBUTES)), np.nan, np.float32)
+    table[:, OBJECT_ATTRIBUTES.index("distance")] = [10.5, 5.2, 40.1]
+    left = np.stack([np.full((4, 6, 3), 51, np.uint8), np.full((4, 6, 3), 204, np.uint8)])
+    a = world_attributes(left, labels, Ragged(table, labels.offsets))
+    np.testing.assert_allclose(a["brightness"], [0.2, 0.8])
+    assert a["n_car"].tolist() == [1.0, 1.0] and a["n_pedestrian"].tolist() == [1.0, 0.0]
+    assert a["car"]["distance"].tolist() == pytest.approx([10.5, 40.1])
+    assert a["car"]["occluded"].tolist() == [0.0, 2.0] and a["car"]["brightness"].tolist() == pytest.approx([0.2, 0.8])
+    assert a["pedestrian"]["depth_z"].tolist() == [5.0]
+    # unknown (NaN) attributes fall in no enrichment bin
+    assert enrichment(np.array([True, False, True]), {"luminance": a["car"]["luminance"].tolist() + [np.nan]},
+                      min_count=1) == []

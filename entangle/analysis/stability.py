@@ -296,7 +296,9 @@ def _bins_of(values: np.ndarray, n_bins: int) -> list[tuple[str, np.ndarray]]:
     uniq = np.unique(v[~np.isnan(v)] if v.dtype.kind == "f" else v)
     if len(uniq) <= max(n_bins, 10) and (v.dtype.kind in "iub" or np.all(uniq == np.round(uniq))):
         return [(f"= {u:g}", v == u) for u in uniq]
-    edges = np.unique(np.quantile(v, np.linspace(0, 1, n_bins + 1)))
+    if v.dtype.kind == "f" and np.all(np.isnan(v)):
+        return []
+    edges = np.unique(np.nanquantile(v, np.linspace(0, 1, n_bins + 1)))  # NaN (unknown) in no bin
     out = []
     for j in range(len(edges) - 1):
         lo, hi = edges[j], edges[j + 1]

@@ -74,7 +74,7 @@ def subpopulation_mask(attributes: Mapping[str, np.ndarray], spec: Mapping[str, 
         raise StressError(f"{where}.{how}: expected [low, high] with low <= high, got {bounds}")
     if how == "quantile" and not 0 <= bounds[0] <= bounds[1] <= 1:
         raise StressError(f"{where}.quantile: bounds must lie in [0, 1], got {bounds}")
-    lo, hi = (np.quantile(v, bounds) if how == "quantile" else bounds)
+    lo, hi = (np.nanquantile(v, bounds) if how == "quantile" else bounds)  # NaN: unknown, never in
     return (v >= lo) & (v <= hi)
 
 
