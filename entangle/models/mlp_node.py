@@ -1,0 +1,258 @@
+"""A multilayer-perceptron node: the decomposition's high-capacity reference learner, and a
+small feature-extracting network for the digits toys.
+
+Unlike :class:`~entangle.node.TorchNode` it infers its input width when it is fitted (a reference
+learner reads whatever representation it is wired to), standardizes inputs (and regression
+targets), keeps a validation share for early stopping, and also outputs its last hidden layer as
+``feat`` so a downstream node can read an upstream network's features.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from entangle.node import BaseNode, NotFittedError, _one_target, _stack_inputs
+
+log = logging.getLogger(__name__)
+
+TASKS = ("regression", "classification")
+
+
+def _build(in_features: int, hidden: Sequence[int], out_features: int, skip: bool):
+    import torch
+    from torch import nn
+
+    class Net(nn.Module):
+        """``in -> hidden (ReLU) x len(hidden) -> out`` plus an optional linear path ``in -> out``;
+        ``feat`` is the last hidden layer."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            layers: list[nn.Module] = []
+            width = in_features
+            for h in hidden:
+                layers += [nn.Linear(width, int(h)), nn.ReLU()]
+                width = int(h)
+            self.body = nn.Sequential(*layers)
+            self.head = nn.Linear(width, out_features)
+            # the linear path makes every linear model a member of the class exactly, so the
+            # reference is never worse than a linear downstream for lack of expressiveness
+            self.skip = nn.Linear(in_features, out_features, bias=False) if skip and hidden else None
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            feat = self.body(x)            # (batch, hidden[-1]), or (batch, in) without hidden layers
+            out = self.head(feat)          # (batch, out)
+            if self.skip is not None:
+                out = out + self.skip(x)
+            return out, feat
+
+    return Net()
+
+
+class MLPNode(BaseNode):
+    """An MLP on standardized inputs, trained with Adam and early stopping on a held-out share.
+
+    Parameters
+    ----------
+    task : ``"regression"`` (squared error, output ``pred``) or ``"classification"``
+        (cross-entropy; outputs ``pred`` labels and ``proba`` over the classes seen in training).
+    hidden : widths of the hidden layers (empty: a linear or logistic model).
+    epochs, lr, batch_size, weight_decay : Adam training; the learning rate decays by cosine.
+    val_fraction : share of the fit data held out for early stopping (0 disables it).
+    patience : epochs without a better validation loss before training stops.
+    skip : add a linear path from input to output (the class then contains every linear model).
+    subsample : fit on the first ``subsample`` share of the fit split, in the source's order (the
+        "more training data" knob of the paper's toys: a source can order clean samples first).
+    device : ``"cpu"``, ``"cuda"`` or ``"auto"``.
+
+    The per-sample loss is the squared error summed over target columns (regression; the same
+    as :class:`~entangle.node.SklearnNode`'s) or the log loss (classification), so the decomposition
+    can compare it with a downstream node's own loss.
+    """
+
+    target_kinds = {"y": "any"}
+    version = "1"
+
+    def __init__(self, *, task: str = "regression", hidden: Sequence[int] = (128, 128),
+                 epochs: int = 60, lr: float = 3e-3, batch_size: int = 256,
+                 weight_decay: float = 0.0, val_fraction: float = 0.1, patience: int = 10,
+                 skip: bool = True, subsample: float = 1.0, device: str = "cpu"):
+        self.task = task
+        self.hidden = hidden
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.weight_decay = weight_decay
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.skip = skip
+        self.subsample = subsample
+        self.device = device
+        if task not in TASKS:
+            raise ValueError(f"MLPNode task must be one of {TASKS}, got {task!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"MLPNode val_fraction must lie in [0, 1), got {val_fraction}")
+        if not 0.0 < subsample <= 1.0:
+            raise ValueError(f"MLPNode subsample must lie in (0, 1], got {subsample}")
+
+    # -- protocol properties ------------------------------------------------------------------
+    @property
+    def output_kinds(self) -> dict[str, str]:  # type: ignore[override]
+        out = {"pred": "array", "feat": "array"}
+        if self.task == "classification":
+            out["proba"] = "array"
+        return out
+
+    @property
+    def metric(self) -> str:  # type: ignore[override]
+        return "accuracy" if self.task == "classification" else "mse"
+
+    @property
+    def higher_is_better(self) -> bool:  # type: ignore[override]
+        return self.task == "classification"
+
+    def _device(self):
+        import torch
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    # -- fitting ------------------------------------------------------------------------------
+    def fit(self, inputs, targets, *, seed):
+        import torch
+        torch.manual_seed(seed)
+        X = _stack_inputs(inputs)                                   # (n, d)
+        y = _one_target(targets, type(self).__name__)
+        if self.subsample < 1.0:
+            keep = max(2, int(round(self.subsample * len(X))))
+            X, y = X[:keep], np.asarray(y)[:keep]
+        n = len(X)
+        self.x_mean_ = X.mean(axis=0)
+        self.x_scale_ = np.where(X.std(axis=0) > 1e-12, X.std(axis=0), 1.0)
+        Xs = (X - self.x_mean_) / self.x_scale_
+        if self.task == "classification":
+            self.classes_, y_idx = np.unique(y, return_inverse=True)
+            out_features = len(self.classes_)
+            yt = torch.as_tensor(y_idx, dtype=torch.long)
+            crit = torch.nn.functional.cross_entropy
+        else:
+            Y = np.asarray(y, dtype=np.float64).reshape(n, -1)     # (n, k)
+            self.y_mean_ = Y.mean(axis=0)
+            self.y_scale_ = np.where(Y.std(axis=0) > 1e-12, Y.std(axis=0), 1.0)
+            out_features = Y.shape[1]
+            yt = torch.as_tensor((Y - self.y_mean_) / self.y_scale_, dtype=torch.float32)
+            crit = torch.nn.functional.mse_loss
+        Xt = torch.as_tensor(Xs, dtype=torch.float32)
+        rng = np.random.default_rng(seed)
+        order = rng.permutation(n)
+        n_val = int(round(self.val_fraction * n)) if self.val_fraction > 0 else 0
+        if n_val and n - n_val < 2:
+            n_val = 0
+        val_idx, train_idx = order[:n_val], order[n_val:]
+        dev = self._device()
+        net = _build(Xs.shape[1], list(self.hidden), out_features, bool(self.skip)).to(dev)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.epochs))
+        gen = torch.Generator().manual_seed(int(seed))
+        Xtr, ytr = Xt[train_idx].to(dev), yt[train_idx].to(dev)
+        Xva, yva = Xt[val_idx].to(dev), yt[val_idx].to(dev)
+        best, best_state, stale = float("inf"), None, 0
+        self.epochs_run_ = 0
+        for epoch in range(self.epochs):
+            net.train()
+            perm = torch.randperm(len(train_idx), generator=gen).to(dev)
+            for start in range(0, len(train_idx), self.batch_size):
+                idx = perm[start:start + self.batch_size]
+                opt.zero_grad()
+                out, _ = net(Xtr[idx])
+                loss = crit(out, ytr[idx])
+                if not torch.isfinite(loss):
+                    raise RuntimeError(f"training loss became {loss.item()} at epoch {epoch} (seed {seed})")
+                loss.backward()
+                opt.step()
+            sched.step()
+            self.epochs_run_ = epoch + 1
+            if n_val:
+                net.eval()
+                with torch.no_grad():
+                    val = float(crit(net(Xva)[0], yva))
+                if val < best - 1e-7:
+                    best, stale = val, 0
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                else:
+                    stale += 1
+                    if stale >= self.patience:
+                        break
+        if best_state is not None:
+            net.load_state_dict(best_state)
+        self.module_ = net.cpu().eval()
+        self.in_features_ = int(Xs.shape[1])
+        self.out_features_ = int(out_features)
+        return self
+
+    # -- predicting ---------------------------------------------------------------------------
+    def _forward(self, inputs) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+        if not hasattr(self, "module_"):
+            raise NotFittedError("MLPNode is not fitted")
+        X = (_stack_inputs(inputs) - self.x_mean_) / self.x_scale_
+        if X.shape[1] != self.in_features_:
+            raise ValueError(f"MLPNode was fitted on {self.in_features_} input columns, got {X.shape[1]}")
+        with torch.no_grad():
+            out, feat = self.module_(torch.as_tensor(X, dtype=torch.float32))
+        return out.numpy().astype(np.float64), feat.numpy().astype(np.float64)
+
+    def predict(self, inputs):
+        out, feat = self._forward(inputs)
+        if self.task == "classification":
+            z = out - out.max(axis=1, keepdims=True)
+            proba = np.exp(z)
+            proba /= proba.sum(axis=1, keepdims=True)
+            return {"pred": self.classes_[proba.argmax(axis=1)], "proba": proba, "feat": feat}
+        pred = out * self.y_scale_ + self.y_mean_
+        return {"pred": pred[:, 0] if pred.shape[1] == 1 else pred, "feat": feat}
+
+    def loss(self, predictions, targets):
+        y = _one_target(targets, type(self).__name__)
+        if self.task == "classification":
+            idx = np.searchsorted(self.classes_, y)
+            idx = np.clip(idx, 0, len(self.classes_) - 1)
+            known = self.classes_[idx] == y
+            p = np.asarray(predictions["proba"])[np.arange(len(y)), idx]
+            return -np.log(np.clip(np.where(known, p, 0.0), 1e-12, 1.0))
+        d = np.asarray(predictions["pred"], dtype=np.float64).reshape(len(y), -1) - \
+            np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+        return (d ** 2).sum(axis=1)
+
+    def score(self, predictions, targets):
+        y = _one_target(targets, type(self).__name__)
+        per = self.loss(predictions, targets)
+        if self.task == "classification":
+            return {"accuracy": float(np.mean(np.asarray(predictions["pred"]) == y)),
+                    "log_loss": float(np.mean(per))}
+        return {"mse": float(np.mean(per))}
+
+    # -- state --------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {f"module.{k}": v.detach().cpu() for k, v in self.module_.state_dict().items()}
+        state.update({"x_mean_": self.x_mean_, "x_scale_": self.x_scale_,
+                      "in_features_": self.in_features_, "out_features_": self.out_features_,
+                      "epochs_run_": self.epochs_run_})
+        if self.task == "classification":
+            state["classes_"] = self.classes_
+        else:
+            state.update({"y_mean_": self.y_mean_, "y_scale_": self.y_scale_})
+        return state
+
+    def load_state_dict(self, state):
+        for k, v in state.items():
+            if not k.startswith("module."):
+                v = np.asarray(v)
+                setattr(self, k, v.item() if v.ndim == 0 else v)
+        net = _build(int(self.in_features_), list(self.hidden), int(self.out_features_), bool(self.skip))
+        net.load_state_dict({k[len("module."):]: v for k, v in state.items() if k.startswith("module.")})
+        self.module_ = net.eval()
+        return self
