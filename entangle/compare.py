@@ -92,12 +92,18 @@ def infer_changed(old: System, new: System) -> list[str]:
 
 
 def compare(old: System, new: System, seeds: Iterable[int], store: Store, *,
-            changed: str | None = None, executor: Any = None, confidence: float = 0.95) -> Study:
+            changed: str | None = None, executor: Any = None, confidence: float = 0.95,
+            decomposition: Any = None) -> Study:
     """Run both systems over ``seeds`` and compare every model node on the eval split.
 
     Returns a :class:`Study` whose ``report`` holds ``changed``, ``seeds``, ``nodes`` (per node: metric,
     direction, per-seed old/new, paired delta mean and interval, verdict), ``self_defeating``
     pairs, and the store's hits and misses for this study.
+
+    ``decomposition`` attaches the error decomposition (:mod:`entangle.decompose`) to every
+    flagged pair: ``{downstream: Estimators or its config}`` for the downstream nodes to explain,
+    or True for all of them with default estimators. Each flagged pair then carries ``dominant``
+    and ``explanation`` (a sentence), and ``report["decomposition"]`` the full decompositions.
     """
     from entangle.executor import LocalExecutor
 
@@ -147,7 +153,30 @@ def compare(old: System, new: System, seeds: Iterable[int], store: Store, *,
         "store": {"hits": store.stats.hits - hits0, "misses": store.stats.misses - misses0,
                   "root": str(store.root)},
     }
+    if decomposition:
+        _attach_decomposition(report, old, new, seeds, store, decomposition, confidence)
     return Study(report, old, new, old_runs, new_runs)
+
+
+def _attach_decomposition(report: dict[str, Any], old: System, new: System, seeds: list[int],
+                          store: Store, decomposition: Any, confidence: float) -> None:
+    """Decompose every flagged pair whose downstream ``decomposition`` covers (see :func:`compare`)."""
+    from entangle.decompose import Estimators, decompose_change, estimators_by_node
+
+    by_node = {} if decomposition is True else estimators_by_node(decomposition)
+    report["decomposition"] = {}
+    differ = infer_changed(old, new)
+    for flag in report["self_defeating"]:
+        v = flag["downstream"]
+        if decomposition is not True and v not in by_node:
+            continue
+        # several changed upstreams split the upstream delta into their parts and compatibility
+        changed = differ if flag["upstream"] in differ else [flag["upstream"]]
+        change = decompose_change(old, new, v, seeds, store, changed=changed,
+                                  estimators=by_node.get(v) or Estimators(), confidence=confidence)
+        report["decomposition"][v] = change.report
+        flag["dominant"] = change.report["dominant"]
+        flag["explanation"] = change.report["sentence"]
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
@@ -164,6 +193,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{r['verdict']}")
     for f in report["self_defeating"]:
         lines.append(f"  SELF-DEFEATING: improving {f['upstream']!r} made {f['downstream']!r} worse")
+        if "explanation" in f:
+            lines.append(f"    {f['explanation']}")
     s = report["store"]
     lines.append(f"  store: {s['hits']} hits, {s['misses']} misses")
     return lines

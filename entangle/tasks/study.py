@@ -57,11 +57,17 @@ def build_systems(cfg: DictConfig) -> tuple[System, System, str]:
 
 
 def run_study(cfg: DictConfig) -> Study:
-    """Build both systems from the config and run the improvement study over the seeds."""
+    """Build both systems from the config and run the improvement study over the seeds.
+
+    A ``decomposition`` block (``{downstream: {reference, oracle, large_split, ...}}``) attaches
+    the error decomposition to every flagged pair it covers, unless ``decompose: false``.
+    """
     cfg = apply_profile(cfg)
     old, new, changed = build_systems(cfg)
     store = make_store(cfg)
-    return compare(old, new, seeds(cfg), store, changed=changed, executor=make_executor(cfg))
+    decomposition = cfg.get("decomposition") if cfg.get("decompose", True) else None
+    return compare(old, new, seeds(cfg), store, changed=changed, executor=make_executor(cfg),
+                   decomposition=decomposition)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
