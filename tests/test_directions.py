@@ -126,3 +126,44 @@ def test_failure_directions_experiment_report(compose_cfg, tmp_path):
     assert "flips" not in on_disk            # the quick profile skips the study
     for f in report["figures"]:
         assert (tmp_path / "run" / f).stat().st_size > 1000
+
+
+def test_object_depth_errors_by_hand():
+    """One scene, two objects: one matched exactly, one 20 % too far on half its pixels."""
+    from entangle.analysis.object_errors import failed, object_depth_errors
+    from entangle.models.layout import CAR, LABEL_COLUMNS, PEDESTRIAN, L
+    from entangle.node import Ragged
+    H, W, fb = 20, 40, 100.0
+    gt = np.full((1, H, W), 2.0, dtype=np.float32)            # background at 50 m
+    depth = fb / gt
+    rows = []
+    for cls, (x1, x2), z in ((CAR, (2, 11), 10.0), (PEDESTRIAN, (20, 29), 20.0)):
+        gt[0, 5:15, x1:x2 + 1] = fb / z
+        depth[0, 5:15, x1:x2 + 1] = z
+        row = np.zeros(len(LABEL_COLUMNS), dtype=np.float32)
+        row[[L["cls"], L["z"], L["l"], L["w"], L["x1"], L["y1"], L["x2"], L["y2"]]] = \
+            [cls, z, 1.0, 1.0, x1, 3, x2, 16]                  # the box also holds background
+        rows.append(row)
+    pred = gt.copy()
+    pred[0, 5:10, 20:30] = fb / 24.0                           # half the pedestrian: 24 m, not 20
+    pred[0, 10:15, 20:30] = np.nan                             # the other half unmatched
+    e = object_depth_errors(pred, gt, depth, Ragged.from_list([np.stack(rows)]), np.array([fb]))
+    np.testing.assert_array_equal(e["cls"], [CAR, PEDESTRIAN])
+    np.testing.assert_allclose(e["rel_error"], [0.0, 0.2], atol=1e-6)
+    np.testing.assert_allclose(e["unmatched"], [0.0, 0.5])
+    np.testing.assert_array_equal(failed(e, rel_threshold=0.1), [False, True])
+    only_cars = object_depth_errors(pred, gt, depth, Ragged.from_list([np.stack(rows)]),
+                                    np.array([fb]), classes=[CAR])
+    assert len(only_cars["cls"]) == 1
+
+
+@pytest.mark.slow
+def test_failure_directions_world_experiment(compose_cfg, tmp_path):
+    """Renders a small world (seconds to a minute): kept out of CI."""
+    from entangle.cli import run
+    report = run(compose_cfg("experiment=failure_directions_world", "profile=quick"))
+    for name in ("Car", "Pedestrian"):
+        entry = report["classes"][name]
+        assert entry["n_fit"] > 0 and 0 <= entry["failure_rate_eval"] <= 1
+        if "error" not in entry:
+            assert 0 <= entry["heldout_auroc"] <= 1 and len(entry["attributes"]) == 10
