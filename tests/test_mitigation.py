@@ -117,3 +117,19 @@ def test_experiment_quick_report_contract(compose_cfg, tmp_path):
     for fig in on_disk["figures"]:
         assert (tmp_path / "r" / fig).stat().st_size > 1000
     assert report["store"]["misses"] > 0
+
+
+def test_ensemble_version_flips_count_flips_between_ensembles(tmp_path):
+    from entangle.analysis.mitigation import ensemble_version_flips
+    from entangle.compare import compare
+    from entangle.store import Store
+    study = compare(digits_system(hidden=16, epochs=2), digits_system(hidden=24, epochs=2), [0, 1, 2, 3],
+                    Store(tmp_path / "s"), changed="digit")
+    rep = ensemble_version_flips(study, "digit", 2)
+    assert rep["groups"] == [[0, 1], [2, 3]]
+    y = study.old_runs[0].values("data", "test")["y"]
+    old = ensemble_predictions(study.old_runs, "digit", [2, 3])["pred"]
+    new = ensemble_predictions(study.new_runs, "digit", [2, 3])["pred"]
+    assert rep["nfr_version"]["per_seed"][1] == pytest.approx(np.mean((old == y) & (new != y)))
+    with pytest.raises(StabilityError, match="at least 6 seeds"):
+        ensemble_version_flips(study, "digit", 3)

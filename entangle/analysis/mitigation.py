@@ -350,6 +350,8 @@ def focal_distillation(study: Any, name: str, *, weight: float = 1.0, alpha: flo
     spec = reference_spec(study.old_runs[seeds[0]], name, split, OutcomeSpec())
     metric = new.specs[name].node.metric
     plain, distilled, seed_rows, m_plain, m_dist, secs_plain, secs_dist = [], [], [], [], [], [], []
+    plain_labels: list[np.ndarray] = []
+    dist_labels: list[np.ndarray] = []
     for s in seeds:
         old_run, new_run = study.old_runs[s], study.new_runs[s]
         fit_split = old.specs[name].fit_split
@@ -362,6 +364,8 @@ def focal_distillation(study: Any, name: str, *, weight: float = 1.0, alpha: flo
         o_old = run_outcomes(old_run, name, split, spec)
         o_new = run_outcomes(new_run, name, split, spec)
         o_dist = run_outcomes(run, name, split, spec)
+        plain_labels.append(o_new.labels)
+        dist_labels.append(o_dist.labels)
         plain.append(flip_rates(o_old.correct, o_new.correct, o_old.labels, o_new.labels))
         distilled.append(flip_rates(o_old.correct, o_dist.correct, o_old.labels, o_dist.labels))
         m_plain.append(new_run.metrics(name, split)[metric])
@@ -374,6 +378,11 @@ def focal_distillation(study: Any, name: str, *, weight: float = 1.0, alpha: flo
         seed_rows.append(flip_rates(a.correct, b.correct, a.labels, b.labels))
     nfr_plain = mean_interval([r["nfr"] for r in plain], confidence)
     nfr_dist = mean_interval([r["nfr"] for r in distilled], confidence)
+    stability = {}
+    if len(seeds) >= 2:
+        for label, labels in (("plain", plain_labels), ("distilled", dist_labels)):
+            h = label_entropy(np.stack(labels))
+            stability[label] = {"mean_entropy": float(h.mean()), "unstable_fraction": float(np.mean(h > 1e-12))}
     return {
         "node": name, "seeds": seeds, "split": split, "metric": metric,
         "params": {"weight": weight, "alpha": alpha, "beta": beta, "temperature": temperature},
@@ -386,4 +395,31 @@ def focal_distillation(study: Any, name: str, *, weight: float = 1.0, alpha: flo
         "metric_distilled": mean_interval(m_dist, confidence),
         "fit_seconds_plain": float(np.mean(secs_plain)),
         "fit_seconds_distilled": float(np.mean(secs_dist)),
+        "instability_across_seeds": stability,
     }
+
+
+def ensemble_version_flips(study: Any, name: str, ensemble_size: int = 5, *, split: str | None = None,
+                           confidence: float = 0.95) -> dict[str, Any]:
+    """Negative flips old → new when both versions ship as ``k``-seed ensembles (no retraining).
+
+    Seeds are split into disjoint groups of ``k``; group ``g`` of the old version is compared with
+    group ``g`` of the new, and, as the baseline, with the next group of the old version.
+    """
+    seeds = [int(s) for s in study.report["seeds"]]
+    k = int(ensemble_size)
+    groups = [seeds[i * k:(i + 1) * k] for i in range(len(seeds) // k)]
+    if len(groups) < 2:
+        raise StabilityError(f"ensemble version flips need at least {2 * k} seeds (two disjoint {k}-seed "
+                             f"ensembles), got {len(seeds)} (options 'seeds', 'ensemble_size')")
+    split = split or study.new.eval_split
+    spec = reference_spec(study.old_runs[seeds[0]], name, split, OutcomeSpec())
+    old = [ensemble_outcomes(study.old_runs, name, g, spec, split)[0] for g in groups]
+    new = [ensemble_outcomes(study.new_runs, name, g, spec, split)[0] for g in groups]
+    version = [flip_rates(o.correct, n.correct, o.labels, n.labels) for o, n in zip(old, new)]
+    seed = [flip_rates(old[i].correct, old[j].correct, old[i].labels, old[j].labels)
+            for i, j in seed_pairs(list(range(len(groups))))]
+    return {"node": name, "k": k, "groups": groups,
+            "nfr_version": mean_interval([r["nfr"] for r in version], confidence),
+            "nfr_seed_old": mean_interval([r["nfr"] for r in seed], confidence),
+            "churn_version": mean_interval([r["churn"] for r in version], confidence)}

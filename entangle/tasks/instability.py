@@ -38,7 +38,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Experiment entry point: instability, churn and mitigations, with figures."""
     from entangle.analysis import plots
     from entangle.analysis.churn import version_churn
-    from entangle.analysis.mitigation import focal_distillation, mitigate_instability
+    from entangle.analysis.mitigation import (ensemble_version_flips, focal_distillation,
+                                              mitigate_instability)
     from entangle.analysis.stability import (OutcomeSpec, StabilityError, checkpoint_instability,
                                              node_attributes, seed_instability, source_attributes)
     from entangle.compare import compare
@@ -92,6 +93,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             distill = focal_distillation(study, str(opts.distill_node), weight=float(d.get("weight", 1.0)),
                                          alpha=float(d.get("alpha", 1.0)), beta=float(d.get("beta", 5.0)),
                                          temperature=float(d.get("temperature", 1.0)))
+            if len(run_seeds) >= 2 * int(inst.ensemble_size):
+                distill["ensembles"] = ensemble_version_flips(study, str(opts.distill_node),
+                                                              int(inst.ensemble_size))
     except StabilityError as err:
         raise ConfigError(f"instability: {err}") from err
 
@@ -146,5 +150,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     d = report.get("distillation")
     if d:
         lines.append(f"  {d['node']}: negative flips old→new {d['nfr_plain']['mean']:.2%}, with focal "
-                     f"distillation {d['nfr_distilled']['mean']:.2%}")
+                     f"distillation {d['nfr_distilled']['mean']:.2%}"
+                     + (f", as {d['ensembles']['k']}-seed ensembles {d['ensembles']['nfr_version']['mean']:.2%}"
+                        if "ensembles" in d else ""))
     return lines
