@@ -29,6 +29,7 @@ import logging
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from entangle.analysis.churn import mean_interval, seed_pairs
 from entangle.analysis.stability import (OutcomeSpec, Outcomes, StabilityError, check_same_items, flip_rates,
@@ -297,7 +298,7 @@ def mitigate_instability(system: System, name: str, seeds: Sequence[int], store:
     student_sys = system.replace(name, SoftLabelNode(**params, soft_targets=soft.astype(np.float32)))
     students = {s: Run(student_sys, s, store) for s in seeds}
     _same_training_data([teacher_run, *[runs[s] for s in seeds]], name, "guided label smoothing")
-    for run in students.values():
+    for run in tqdm(list(students.values()), desc=f"smoothed {name}", disable=None, leave=False):
         run.ensure(name)
     smooth_outs = [run_outcomes(students[s], name, split, spec) for s in seeds]
     smooth_labels = np.stack([o.labels for o in smooth_outs])
@@ -358,7 +359,7 @@ def focal_distillation(study: Any, name: str, *, weight: float = 1.0, alpha: flo
     plain, distilled, seed_rows, m_plain, m_dist, secs_plain, secs_dist = [], [], [], [], [], [], []
     plain_labels: list[np.ndarray] = []
     dist_labels: list[np.ndarray] = []
-    for s in seeds:
+    for s in tqdm(seeds, desc=f"distilled {name}", disable=None, leave=False):
         old_run, new_run = study.old_runs[s], study.new_runs[s]
         fit_split = old.specs[name].fit_split
         _same_training_data([old_run, new_run], name, "focal distillation")
