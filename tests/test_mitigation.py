@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from entangle.analysis.mitigation import (FocalDistillNode, SoftLabelNode, ensemble_predictions,
-                                          focal_distillation, mitigate_instability)
+                                          mitigate_instability)
 from entangle.analysis.stability import StabilityError
 from entangle.models.mlp import MLP
 from entangle.node import TorchNode

@@ -101,7 +101,8 @@ class FocalDistillNode(TorchNode):
         self.beta = beta
         self.temperature = temperature
         if criterion != "cross_entropy":
-            raise ValueError(f"FocalDistillNode trains classifiers: criterion must be 'cross_entropy', got {criterion!r}")
+            raise ValueError("FocalDistillNode trains classifiers: criterion must be 'cross_entropy', "
+                             f"got {criterion!r}")
         if np.asarray(old_proba).ndim != 2:
             raise ValueError(f"old_proba must be (samples, classes), got shape {np.shape(old_proba)}")
         if temperature <= 0:
