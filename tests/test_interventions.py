@@ -82,6 +82,13 @@ def test_augmented_source_adds_rows_to_one_split_only():
         AugmentedSource(source=src, extra={"x": extra["x"]}).load("train", 0)
     with pytest.raises(ValueError, match="differ in length"):
         AugmentedSource(source=src, extra={"x": extra["x"], "t": np.zeros(2)})
+    # as a system edit: the source and everything fitted on it get new keys
+    system = System({"data": src, "reg": NodeSpec(SklearnNode(estimator=DummyRegressor()),
+                                                  inputs={"x": "data.x"}, targets={"y": "data.t"},
+                                                  output=True)})
+    edited = augmented(system, "data", extra, "train")
+    assert isinstance(edited["data"], AugmentedSource)
+    assert all(system.keys(0)[n] != edited.keys(0)[n] for n in ("data", "reg"))
     # simulator helpers are passed through to the wrapped source
     from entangle.data.planted import DigitWorldSource
     wrapped = AugmentedSource(source=DigitWorldSource(copies=1), extra={})
