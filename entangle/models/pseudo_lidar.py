@@ -137,6 +137,10 @@ class PseudoLidar(BaseNode):
     metric = "n_points"
     higher_is_better = True
     version = "1"
+    #: cheap and deterministic: recomputed where needed rather than stored (clouds are large:
+    #: ~50k points per image), and the same for every seed.
+    stores_predictions = False
+    uses_seed = False
 
     def __init__(self, *, max_height: float = MAX_HEIGHT, max_depth: float = MAX_DEPTH, stride: int = 1):
         self.max_height = max_height
