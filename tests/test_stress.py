@@ -154,3 +154,17 @@ def test_node_specific_attributes_apply_to_that_node_only(two_readers):
     with pytest.raises(StressError, match=r"subpopulations.far.attribute: unknown attribute 'depth'"):
         stress_test(system, [0, 1], store, images=["data.image"], corruptions=[], attributes=attrs,
                     subpopulations={"far": {"attribute": "depth", "quantile": [0.9, 1.0]}})
+
+
+@pytest.mark.parametrize("override,message", [
+    ("stress.severities=[1,7]", r"severity must be an integer from 1 to 5 \(option 'stress.severities'\), got 7"),
+    ("stress.corruptions=[fog,snow]", r"unknown corruption\(s\) \['snow'\] in option 'stress.corruptions'"),
+    ("seeds=[3]", r"seeds must be a list of at least 2 ints"),
+])
+def test_experiment_bad_input_names_the_option(compose_cfg, tmp_path, override, message):
+    from entangle.cli import run
+    from entangle.tasks import ConfigError
+    cfg = compose_cfg("experiment=stress", "profile=quick", override, f"store.root={tmp_path / 's'}")
+    with pytest.raises(ConfigError, match=message):
+        run(cfg)
+    assert not (tmp_path / "s").exists()  # refused before anything was fitted

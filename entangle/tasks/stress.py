@@ -110,7 +110,7 @@ def _container(value: Any) -> Any:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Experiment entry point: stress test of every model node over the seeds, with figures."""
-    from entangle.analysis.corruptions import CorruptionError
+    from entangle.analysis.corruptions import CorruptionError, check_names, check_severity
     from entangle.analysis.plots import save_stress_figures
     from entangle.analysis.stress import StressError, corruption_summary, stress_test
     from entangle.tasks.study import pipeline_where
@@ -126,6 +126,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     images = list(_container(opts.get("images")) or [])
     pairs = [list(p) for p in (_container(opts.get("pairs")) or [])]
     corruptions = list(_container(st.get("corruptions")) or [])
+    severities = list(_container(st.get("severities")) or [])
+    try:  # checked before anything is fitted, naming the config keys
+        check_names(corruptions, "stress.corruptions")
+        for sv in severities:
+            check_severity(sv, "stress.severities")
+    except CorruptionError as err:
+        raise ConfigError(str(err)) from err
+    if not severities:
+        raise ConfigError("stress.severities is empty: give severities from 1 to 5, e.g. [1, 3, 5]")
     note = None
     if corruptions and not images and not pairs:
         note = "no image outputs in analysis.images/pairs: corruptions skipped, subpopulation shifts only"
@@ -134,7 +143,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     try:
         result = stress_test(
             system, run_seeds, make_store(cfg), images=images, pairs=pairs, corruptions=corruptions,
-            severities=list(_container(st.get("severities")) or []),
+            severities=severities,
             subpopulations=_container(opts.get("subpopulations")) or {},
             attributes=opts.get("attributes"), corruption_seed=int(st.get("corruption_seed", 0)),
             matched_draws=int(st.get("matched_draws", 20)))
