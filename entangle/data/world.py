@@ -26,8 +26,9 @@ import json
 import logging
 import math
 import multiprocessing as mp
+import shutil
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 
 #: bumped whenever rendering changes the pixels a given seed produces.
 WORLD_VERSION = "1"
+#: the sub-folders of ``training/`` that :func:`generate` writes.
+WORLD_FOLDERS = ("image_2", "image_3", "calib", "label_2", "disp_occ_2", "disp_noc_2",
+                 "instance_2", "attributes")
 CLASSES = ("Car", "Pedestrian")
 
 
@@ -183,7 +187,7 @@ class WorldConfig:
         return _build(cls, dict(data or {}), "world")
 
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        return _plain(self)
 
 
 def _validate(obj: Any, where: str) -> None:
@@ -711,8 +715,7 @@ def _lambert(normal: np.ndarray, sun: np.ndarray, ambient: float) -> np.ndarray:
     return ambient + (1.0 - ambient) * np.maximum(0.0, normal @ sun)
 
 
-def _render_static(view: _View, scene: SceneParams, cam: CameraConfig, mats: _Materials,
-                   ids: dict) -> None:
+def _render_static(view: _View, scene: SceneParams, cam: CameraConfig, ids: dict) -> None:
     """Ground, side facades and the far wall, intersected with every pixel's ray.
 
     Each surface is computed only on the image rectangle it can cover (ground: rows below the
@@ -955,7 +958,7 @@ def render_scene(params: SceneParams, cfg: WorldConfig, *, sample_id: str = "000
     amodal = np.zeros(len(params.objects), dtype=np.int64)
     for cam_x, am in ((x2, amodal), (x2 + cam.baseline, None)):
         view = _View(cam, cam_x)
-        _render_static(view, params, cam, mats, ids)
+        _render_static(view, params, cam, ids)
         _render_objects(view, params, cam, ids, am)
         views.append(view)
     rng = np.random.default_rng(params.noise_seed)
@@ -1057,7 +1060,7 @@ def _labels(params: SceneParams, cfg: WorldConfig, calib: Calib, view: _View,
         objects.append(label)
         attrs.append({
             "scene_index": oi, "class": o.cls, "difficulty": difficulty(label, H),
-            "distance": float(np.linalg.norm(loc - np.array([0, cam.mount_height - o.h / 2, 0]))),
+            "distance": float(np.linalg.norm(loc - np.array([0.0, o.h / 2, 0.0]))),  # to centre
             "depth": o.z, "visible_pixels": int(visible[oi]), "amodal_pixels": int(amodal[oi]),
             "visible_fraction": float(min(1.0, visible[oi] / total)),
             "occlusion_fraction": float(hidden), "truncation": trunc,
@@ -1092,6 +1095,7 @@ def _render_and_write(job: tuple[int, int, WorldConfig, str]) -> dict:
 
 
 def _init_worker() -> None:
+    # one thread per worker process: the workers already use every core
     cv2.setNumThreads(1)
 
 
@@ -1131,9 +1135,15 @@ def write_world(root: str | Path, n_scenes: int, seed: int, cfg: WorldConfig | N
         raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
     root = Path(root)
     folder = root / "training"
+    if (root / "world.json").exists():
+        # a world written before: drop its frames so no stale scene survives a smaller run
+        for sub in WORLD_FOLDERS:
+            if (folder / sub).is_dir():
+                shutil.rmtree(folder / sub)
+    elif folder.is_dir() and any(folder.iterdir()):
+        raise FileExistsError(f"{folder} holds files but no world.json: not overwriting what may "
+                              "be real data; choose an empty data.root")
     folder.mkdir(parents=True, exist_ok=True)
-    # build the textures once here: forked workers inherit them
-    texture_atlas(cfg.texture.seed, cfg.texture.count, cfg.texture.size)
     jobs = [(i, seed, cfg, str(folder)) for i in range(n_scenes)]
     summaries: list[dict] = []
     workers = max(1, min(int(workers), n_scenes))
@@ -1142,8 +1152,9 @@ def write_world(root: str | Path, n_scenes: int, seed: int, cfg: WorldConfig | N
         _init_worker()
         summaries = [s for s in tqdm(map(_render_and_write, jobs), **bar)]
     else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers, initializer=_init_worker) as pool:
+        # spawn, not fork: a forked child deadlocks in OpenCV when the parent has already run
+        # OpenCV's thread pool (e.g. a benchmark or a test rendered before generating)
+        with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
             chunk = max(1, min(16, n_scenes // (4 * workers)))
             summaries = list(tqdm(pool.imap(_render_and_write, jobs, chunksize=chunk), **bar))
     sets = root / "ImageSets"
