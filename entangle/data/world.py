@@ -34,6 +34,7 @@ from typing import Any, Mapping
 
 import cv2
 import numpy as np
+import scipy.ndimage
 from tqdm.auto import tqdm
 
 from entangle.data.kitti import (Calib, Object3D, Sample, difficulty, disparity_to_depth,
@@ -1024,6 +1025,8 @@ def _labels(params: SceneParams, cfg: WorldConfig, calib: Calib, view: _View,
     objects, attrs = [], []
     instances = np.zeros((H, W), dtype=np.uint16)
     kernel = np.ones((3, 3), np.uint8)
+    # the pixel rectangle of each object in one pass (object i has label i + 1 here)
+    extents = scipy.ndimage.find_objects(obj_map + 1, max_label=len(params.objects))
     for oi, o in enumerate(params.objects):
         if visible[oi] == 0:
             continue  # hidden or outside the image: in the scene, not in the labels
@@ -1037,8 +1040,9 @@ def _labels(params: SceneParams, cfg: WorldConfig, calib: Calib, view: _View,
         trunc = _truncation(px, W, H)
         hidden = 1.0 - visible[oi] / max(int(amodal[oi]), 1)
         occluded = 0 if hidden <= th[0] else 1 if hidden <= th[1] else 2
-        mask = obj_map == oi
-        ys, xs = np.nonzero(mask)
+        rows, cols = extents[oi]
+        ys, xs = np.nonzero(obj_map[rows, cols] == oi)
+        ys, xs = ys + rows.start, xs + cols.start
         alpha = math.atan2(math.sin(o.ry - math.atan2(o.x, o.z)), math.cos(o.ry - math.atan2(o.x, o.z)))
         if bbox[3] - bbox[1] < cfg.labels.dontcare_below_px:
             vis_box = [xs.min(), ys.min(), xs.max(), ys.max()]
@@ -1050,13 +1054,13 @@ def _labels(params: SceneParams, cfg: WorldConfig, calib: Calib, view: _View,
         # contrast: Michelson contrast of the object against a 2-px ring around it
         y0, y1 = max(0, ys.min() - 3), min(H, ys.max() + 4)
         x0, x1 = max(0, xs.min() - 3), min(W, xs.max() + 4)
-        sub = mask[y0:y1, x0:x1].astype(np.uint8)
+        sub = (obj_map[y0:y1, x0:x1] == oi).astype(np.uint8)
         ring = (cv2.dilate(sub, kernel, iterations=2) > 0) & (sub == 0)
         mo = float(gray[y0:y1, x0:x1][sub > 0].mean())
         mr = float(gray[y0:y1, x0:x1][ring].mean()) if ring.any() else float("nan")
         contrast = abs(mo - mr) / (mo + mr) if mo + mr > 0 and math.isfinite(mr) else None
         total = max(int(amodal[oi]), 1) / max(1e-9, 1.0 - trunc)
-        instances[mask] = len(objects) + 1
+        instances[ys, xs] = len(objects) + 1
         objects.append(label)
         attrs.append({
             "scene_index": oi, "class": o.cls, "difficulty": difficulty(label, H),
