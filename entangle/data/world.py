@@ -1132,7 +1132,8 @@ def write_world(root: str | Path, n_scenes: int, seed: int, cfg: WorldConfig | N
     Writes ``training/{image_2,image_3,calib,label_2,disp_occ_2,disp_noc_2,instance_2,
     attributes}/``, ``ImageSets/{train,val,test}.txt`` and ``world.json`` (config, seed,
     version). Scene ``i`` depends only on (seed, i), so the same seed gives byte-identical
-    files for any number of workers.
+    files for any number of workers. Workers are spawned processes: a script that calls this
+    with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard.
     """
     cfg = cfg or WorldConfig()
     if n_scenes < 1:
