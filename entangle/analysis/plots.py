@@ -51,6 +51,8 @@ def stress_figure(report: Mapping[str, Any], node: str):
         ax = axes.flat[len(cors)]
         for i, p in enumerate(subs):
             v = np.asarray(report["subpopulations"][p]["nodes"][node] or [], dtype=float)
+            if not np.any(np.isfinite(v)):
+                continue  # not defined for this node's items
             ax.scatter(np.full(len(v), i + 1), v, color=SEED_COLOR, s=10)
             ax.plot([i + 0.7, i + 1.3], [np.nanmean(v)] * 2, color="#c62828", lw=2)
         ax.scatter(np.zeros(len(iid)), iid, color=SEED_COLOR, s=10)
