@@ -77,8 +77,11 @@ def test_outcomes_of_classifiers_and_of_losses():
     assert spec.kind == "loss" and spec.threshold == pytest.approx(0.25)
     out = outcome_arrays({"pred": np.zeros(4)}, {"y": np.zeros(4)}, loss, spec)
     assert out.correct.tolist() == [True, True, False, False] and out.labels.tolist() == [0, 1, 2, 3]
-    fixed = resolve_spec(OutcomeSpec("loss", threshold=0.5, bins=(0.5,)), {}, {}, loss)
-    assert outcome_arrays({}, {}, loss, fixed).labels.tolist() == [0, 0, 0, 1]
+    fixed = resolve_spec(OutcomeSpec("loss", threshold=0.5, bins=(0.25,)), {}, {}, loss)
+    assert outcome_arrays({}, {}, loss, fixed).labels.tolist() == [0, 0, 1, 2]  # threshold is an edge
+    # a loss exactly at the threshold is correct and binned with the correct ones
+    at = outcome_arrays({}, {}, np.array([0.5, 0.500001]), fixed)
+    assert at.correct.tolist() == [True, False] and at.labels[0] != at.labels[1]
     with pytest.raises(StabilityError, match="kind must be auto, label or loss"):
         OutcomeSpec.from_config({"kind": "boxes"}, "analysis.outcomes.car")
 

@@ -106,7 +106,8 @@ class OutcomeSpec:
     ``kind``: ``"label"`` (a classifier's ``pred`` against its target), ``"loss"`` (per-sample
     losses: label = bin, correct = loss <= threshold) or ``"auto"`` (label when ``pred`` is a
     1-D integer array, else loss). ``threshold``/``bins`` fix the loss scale; when None they
-    come from a reference run (its median loss; its loss quartiles).
+    come from a reference run (its median loss; its loss quartiles). Bins are right-closed and
+    the threshold is always one of their edges, so two items with one label agree on correctness.
     """
 
     kind: str = "auto"
@@ -200,7 +201,9 @@ def outcome_arrays(predictions: Mapping[str, Any], targets: Mapping[str, Any], l
     loss = np.asarray(loss, dtype=np.float64)
     if spec.threshold is None or spec.bins is None:
         raise StabilityError("outcome kind 'loss' needs a threshold and bins: use resolve_spec first")
-    return Outcomes(np.digitize(loss, spec.bins), loss <= spec.threshold, "loss",
+    # right-closed bins with the threshold among the edges: equal labels imply equal correctness
+    edges = np.unique(np.asarray([*spec.bins, spec.threshold], dtype=np.float64))
+    return Outcomes(np.digitize(loss, edges, right=True), loss <= spec.threshold, "loss",
                     spec.threshold, spec.bins)
 
 
@@ -449,7 +452,8 @@ def checkpoint_labels(run: Any, name: str, split: str | None = None,
     rows = []
     for j in range(ck.shape[1]):
         loss = np.asarray(node.loss({**preds, "pred": ck[:, j]}, targets), dtype=np.float64)
-        rows.append(np.digitize(loss, spec.bins))
+        edges = np.unique(np.asarray([*spec.bins, spec.threshold], dtype=np.float64))
+        rows.append(np.digitize(loss, edges, right=True))
     return np.stack(rows)
 
 
