@@ -140,7 +140,7 @@ def test_decomposition_bars_and_terms_come_from_the_report(tmp_path):
     assert "decomposition of down_a" in [img["alt"] for img in page.all("img")]
     text = page.plain
     assert "Why: Improving 'upstream' made 'down_a' worse" in text
-    assert "4.33 [+4, +4.6]" in text  # the upstream delta with its interval
+    assert "+4.33 [+4, +4.6]" in text and "0.17 [0.07, 0.27]" in text  # deltas signed, levels not
     assert "few seeds" in text  # warnings are shown, not buried
 
 

@@ -40,12 +40,16 @@ def is_compact(value: Any) -> bool:
             or (isinstance(value, list) and len(value) <= MAX_INLINE and all(is_scalar(x) for x in value)))
 
 
-def interval_html(value: Mapping[str, Any]) -> Markup:
-    """An estimate over seeds as ``mean [lo, hi]`` (the per-seed values in a tooltip)."""
+def interval_html(value: Mapping[str, Any], *, signed: bool = False) -> Markup:
+    """An estimate over seeds as ``mean [lo, hi]`` (the per-seed values in a tooltip).
+
+    ``signed`` shows signs, for differences.
+    """
     seeds = value.get("per_seed")
     title = ("per seed: " + ", ".join(fmt_number(v) for v in seeds)) if seeds else ""
+    mean = fmt_signed(value.get("mean")) if signed else fmt_number(value.get("mean"))
     return Markup('<span class="num" title="{}">{} <span class="muted">{}</span></span>').format(
-        title, fmt_number(value.get("mean")), fmt_interval(value.get("ci")))
+        title, mean, fmt_interval(value.get("ci"), signed=signed))
 
 
 def fmt_number(value: float | int | None, digits: int = 4) -> str:
@@ -71,11 +75,12 @@ def fmt_signed(value: float | None, digits: int = 3) -> str:
     return ("+" if value >= 0 else "−") + text
 
 
-def fmt_interval(ci: Sequence[float | None] | None, digits: int = 3) -> str:
-    """``[lo, hi]`` with signs, or a dash when the interval is missing (one seed)."""
+def fmt_interval(ci: Sequence[float | None] | None, digits: int = 3, *, signed: bool = True) -> str:
+    """``[lo, hi]`` (with signs for differences), or a dash when missing (one seed)."""
     if not ci or len(ci) != 2 or any(c is None or not math.isfinite(c) for c in ci):
         return "–"
-    return f"[{fmt_signed(ci[0], digits)}, {fmt_signed(ci[1], digits)}]"
+    f = fmt_signed if signed else (lambda v, d: fmt_number(v, d))
+    return f"[{f(ci[0], digits)}, {f(ci[1], digits)}]"
 
 
 def verdict_badge(verdict: str | None) -> Markup:

@@ -309,10 +309,10 @@ def _term_rows(change: Mapping[str, Any]) -> list[tuple[str, Any, Any, Any]]:
     return rows
 
 
-def _cell(v: Any) -> Markup:
+def _cell(v: Any, signed: bool = False) -> Markup:
     if v is None:
         return Markup('<span class="muted">–</span>')
-    return interval_html(v) if is_interval(v) else value_html(v)
+    return interval_html(v, signed=signed) if is_interval(v) else value_html(v)
 
 
 def decomposition_block(name: str, change: Mapping[str, Any], ctx: Context) -> Markup:
@@ -322,7 +322,7 @@ def decomposition_block(name: str, change: Mapping[str, Any], ctx: Context) -> M
         parts.append(Markup('<p class="answer-line">{}</p>').format(change["sentence"]))
     rows = Markup("").join(
         Markup("<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>").format(
-            t, _cell(o), _cell(n), _cell(d),
+            t, _cell(o), _cell(n), _cell(d, signed=True),
             interval_svg((d or {}).get("mean"), (d or {}).get("ci")) if is_interval(d) else "")
         for t, o, n, d in _term_rows(change))
     parts.append(Markup(
@@ -426,7 +426,8 @@ def toys_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
                 if not isinstance(p, Mapping):
                     continue
                 rows.append(Markup("<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>")
-                            .format(term, side, _cell(p.get("closed_form")), _cell(p.get("estimate")),
+                            .format(term, side, _cell(p.get("closed_form"), side == "delta"),
+                                    _cell(p.get("estimate"), side == "delta"),
                                     "✓" if p.get("agrees") else Markup('<b class="bad">✗</b>')))
         if rows:
             parts.append(Markup(

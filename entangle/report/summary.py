@@ -88,8 +88,11 @@ def summary_lines(report: Mapping[str, Any], *, html: Path | str | None = None,
     sentences = answer_text(report)
     for sentence in sentences:
         lines += textwrap.wrap(sentence, WIDTH, initial_indent="  ", subsequent_indent="    ")
+    from entangle.report.html import study_nodes
+
     own = list(own or [])
-    if own:  # the experiment's own lines say more than a generic per-node table
+    plain_study = isinstance(report.get("nodes"), Mapping) and study_nodes(report) == report["nodes"]
+    if own and not plain_study:  # the experiment's own lines say more than a per-node table
         lines += ["  " + line for line in own[:MAX_OWN]]
         if len(own) > MAX_OWN:
             lines.append(f"  ... {len(own) - MAX_OWN} more lines in the report")
@@ -99,6 +102,9 @@ def summary_lines(report: Mapping[str, Any], *, html: Path | str | None = None,
             lines.append("  per node (* changed):")
             lines += nodes
     lines += fact_lines(report, skip=("changed", "test"))
+    store = report.get("store")
+    if isinstance(store, Mapping) and "hits" in store and "misses" in store:
+        lines.append(f"  store: {store['hits']} fits reused, {store['misses']} computed")
     if html is not None:
         lines.append(f"  report: {html}")
     if json_path is not None:
