@@ -235,9 +235,12 @@ class LocalExecutor:
     threads = None
 
     def run(self, system: System, seeds: Iterable[int], store: Store) -> dict[int, Run]:
+        from entangle.progress import progress
+
         runs = {}
-        for seed in seeds:
-            runs[int(seed)] = Run(system, int(seed), store).run_all()
+        seeds = [int(s) for s in seeds]
+        for seed in progress(seeds, desc="seeds", unit="seed", leave=False):
+            runs[seed] = Run(system, seed, store).run_all()
         return runs
 
 
@@ -285,7 +288,10 @@ class _PoolExecutor:
                     continue
                 store.record(keys[name], hit=False)
                 todo[(name, seed)] = {(u, seed) for u in ups}
+        from entangle.progress import progress
+
         pending: dict[Any, tuple[str, int]] = {}
+        bar = progress(total=len(todo), desc="fits", unit="fit", leave=False)
         while todo or pending:
             running = set(pending.values())
             ready = [t for t, ups in todo.items() if not any(u in todo or u in running for u in ups)]
@@ -300,7 +306,10 @@ class _PoolExecutor:
                     self._result(fut)
                 except Exception:
                     self._shutdown_pending(pending)
+                    bar.close()
                     raise
+                bar.update(1)
+        bar.close()
         runs = {seed: Run(system, seed, store) for seed in seeds}
         for run in runs.values():
             run._ensured = set(deps)  # counted above, as hits or as the misses just computed
