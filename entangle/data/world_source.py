@@ -99,6 +99,8 @@ class WorldSource(Source):
     root : a KITTI-layout folder; None renders the synthetic world under ``datasets/generated/``.
     n_scenes, seed, world : the world to render (``world`` overrides ``WorldConfig`` fields).
     limits : split -> at most this many scenes (the first ones), to train on a subset.
+    aliases : split -> the ImageSets list it reads (e.g. ``large: train``: the whole train list,
+        while ``train`` itself is limited — the decomposition's large sample).
     workers : rendering processes.
     """
 
@@ -109,12 +111,13 @@ class WorldSource(Source):
 
     def __init__(self, *, root: str | None = None, n_scenes: int = 200, seed: int = 0,
                  world: Mapping[str, Any] | None = None, limits: Mapping[str, int] | None = None,
-                 workers: int = 2):
+                 aliases: Mapping[str, str] | None = None, workers: int = 2):
         self.root = root
         self.n_scenes = n_scenes
         self.seed = seed
         self.world = world
         self.limits = limits
+        self.aliases = aliases
         self.workers = workers
 
     def world_config(self):
@@ -163,4 +166,5 @@ class WorldSource(Source):
     def load(self, split: str, seed: int) -> dict[str, Any]:
         folder = self.ensure_generated()
         limit = (self.limits or {}).get(split)
-        return _load_split(str(folder), split, None if limit is None else int(limit))
+        listed = (self.aliases or {}).get(split, split)
+        return _load_split(str(folder), listed, None if limit is None else int(limit))
