@@ -234,3 +234,21 @@ def test_every_run_gets_a_page_and_a_summary(compose_cfg, tmp_path, caplog):
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("summary")]
     assert summary and "Sweep of 2 jobs: 1 failed." in summary[-1]
     assert f"report: {tmp_path / 'run' / 'report.html'}" in summary[-1]
+
+
+def test_other_runs_show_their_system_and_cap_what_they_embed(tmp_path, monkeypatch):
+    import entangle.report.html as html_mod
+
+    g = nx.DiGraph([("data", "model")])
+    page = Page(render_html({"experiment": "stress", "value": 1}, tmp_path, graph=g))
+    assert [img["alt"] for img in page.all("img")] == ["system (drawn from the pipeline config)"]
+    assert "The system" in page.plain
+    for name in ("a.png", "b.png"):
+        save_png(tmp_path / name)
+    size = (tmp_path / "a.png").stat().st_size
+    monkeypatch.setattr(html_mod, "MAX_EMBEDDED_BYTES", size + 10)
+    assert list(html_mod.collect_figures(tmp_path)) == ["a.png"]
+    # a report cannot pull in files from outside its run dir
+    (tmp_path.parent / "secret.txt").write_text("do not show")
+    html = render_html({"table": "../secret.txt"}, tmp_path)
+    assert "do not show" not in html

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 REPORT_HTML = "report.html"
 #: report.json is embedded (collapsed) at the end of the page when smaller than this.
 MAX_EMBEDDED_JSON = 200_000
+#: figures are embedded until their PNG files add up to this (a page must stay openable).
+MAX_EMBEDDED_BYTES = 40 * 2**20
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 # Keys every report may carry that describe the run rather than a result.
@@ -69,6 +71,7 @@ class Context:
     graph: nx.DiGraph | None = None
     used_keys: set[str] = field(default_factory=set)
     used_figures: set[str] = field(default_factory=set)
+    drew_system: bool = False
 
     def claim(self, *keys: str) -> None:
         """Mark report keys as shown, so the generic section skips them."""
@@ -90,7 +93,9 @@ class Context:
         """The text of a small ``.txt``/``.md`` artefact the report names, if it is in the run dir."""
         if not isinstance(name, str) or self.run_dir is None:
             return None
-        path = (self.run_dir / name)
+        path = (self.run_dir / name).resolve()
+        if not path.is_relative_to(self.run_dir.resolve()):
+            return None  # only the run dir's own files
         if path.suffix not in (".txt", ".md", ".csv") or not path.is_file():
             return None
         if path.stat().st_size > 500_000:
@@ -133,7 +138,16 @@ def collect_figures(run_dir: Path | None, listed: Iterable[str] = ()) -> dict[st
     found = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.png")
                    if not any(part.startswith(".") for part in p.relative_to(run_dir).parts))
     order = [n for n in listed if n in found] + [n for n in found if n not in listed]
-    return {n: png_data_uri((run_dir / n).read_bytes()) for n in order}
+    out, total = {}, 0
+    for n in order:
+        data = (run_dir / n).read_bytes()
+        total += len(data)
+        if total > MAX_EMBEDDED_BYTES:
+            log.warning("report.html: figures beyond %d MB are not embedded (from %s on)",
+                        MAX_EMBEDDED_BYTES // 2**20, n)
+            break
+        out[n] = png_data_uri(data)
+    return out
 
 
 def listed_figures(report: Mapping[str, Any]) -> list[str]:
@@ -278,6 +292,7 @@ def study_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
         fig = draw_system(ctx.graph, node_status(report), highlight=[report.get("changed")])
         dag = figure_html("system (drawn from the pipeline config)", matplotlib_uri(fig),
                           "The system: nodes coloured by verdict")
+    ctx.drew_system = ctx.drew_system or bool(dag)
     parts.append(dag)
     seeds = report.get("seeds") or []
     parts.append(Markup('<p class="muted">Paired over {} seeds ({}) on split <code>{}</code>; '
@@ -669,6 +684,21 @@ def generic_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
     return Section("results", "Results", Markup("").join(parts))
 
 
+def system_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
+    """The system the run used, when no study section has drawn it (its picture or its config)."""
+    if ctx.drew_system:
+        return None
+    dag = ctx.figure("system.png", "The system")
+    if not dag and ctx.graph is not None and ctx.graph.number_of_nodes():
+        from entangle.report.dag import draw_system
+        dag = figure_html("system (drawn from the pipeline config)", matplotlib_uri(draw_system(ctx.graph)),
+                          "The system this run used")
+    if not dag:
+        return None
+    ctx.drew_system = True
+    return Section("system", "The system", dag)
+
+
 def failed_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
     """A failed run (``status: failed``): the error first, the traceback folded."""
     if report.get("status") != "failed":
@@ -723,8 +753,8 @@ def answer_text(report: Mapping[str, Any]) -> list[str]:
 
 #: section builders in page order; each returns a Section, a list of them, or None.
 SECTIONS: list[Callable[[Mapping[str, Any], Context], Section | list[Section] | None]] = [
-    failed_section, study_section, decomposition_section, toys_section, stress_section,
-    sweep_section, dataset_section, analysis_sections, generic_section,
+    failed_section, study_section, system_section, decomposition_section, toys_section,
+    stress_section, sweep_section, dataset_section, analysis_sections, generic_section,
 ]
 
 
