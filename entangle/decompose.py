@@ -68,6 +68,9 @@ WHY = {
 }
 
 
+_LOGGED: set[tuple[str, str]] = set()
+
+
 class DecompositionError(ValueError):
     """The decomposition cannot be set up for this system; the message names node and field."""
 
@@ -392,7 +395,9 @@ def decompose(system: System, downstream: str, seeds: Iterable[int], store: Stor
     warnings += [f"{role}: v's own class could not be fitted there ({msg}); the reference alone is used"
                  for role, msg in failed.items()]
     for w in warnings:
-        log.warning("decomposition of %r: %s", downstream, w)
+        if (downstream, w) not in _LOGGED:   # a change decomposes the old system again: say it once
+            _LOGGED.add((downstream, w))
+            log.warning("decomposition of %r: %s", downstream, w)
     report = {
         "downstream": downstream,
         "upstreams": ups,
@@ -430,11 +435,18 @@ def _short_params(node: BaseNode) -> str:
 def _warnings(values, terms, reference, v_node, est, confidence) -> list[str]:
     out = []
     if type(reference) is type(v_node):
-        same = reference.get_params() == v_node.get_params()
-        out.append(
-            f"the reference learner is the same class as the downstream ({type(v_node).__name__}"
-            f"{', same parameters' if same else ''}): L*(u) can be no better than that class, so "
-            "approximation error is under-estimated and upstream error over-estimated")
+        if reference.get_params() == v_node.get_params():
+            out.append(
+                f"the reference learner is the downstream's own class with the same parameters "
+                f"({type(v_node).__name__}): L*(u) = L_H(u), so the approximation error is 0 by "
+                "construction and whatever the class cannot express is counted as upstream error")
+        else:
+            diff = sorted(k for k, v in reference.get_params().items() if v_node.get_params().get(k) != v)
+            out.append(
+                f"the reference learner is the same class as the downstream ({type(v_node).__name__}, "
+                f"differing in {diff}): the approximation error only measures what that "
+                "difference adds; if the reference is not more expressive on u's output, upstream "
+                "error is over-estimated and approximation error under-estimated")
     scale = float(np.mean(values["L(v̂∘u)"]))
     gap = values["reference(u)"] - values["L_H(u)"]
     if len(gap) > 1:

@@ -65,7 +65,7 @@ def test_estimators_match_closed_forms_on_another_linear_system(store):
                        for s in many])
     gap = d2.terms["estimation"] - cf_est
     assert abs(gap.mean()) < 3 * gap.std(ddof=1) / np.sqrt(len(gap)) + 0.002
-    assert any("same class" in w for w in d2.report["warnings"])
+    assert any("own class with the same parameters" in w for w in d2.report["warnings"])
     assert d2.report["estimators"]["L*"].startswith("closed form")
 
 
