@@ -432,16 +432,26 @@ def _short_params(node: BaseNode) -> str:
     return "(" + ", ".join(f"{k}={v}" for k, v in sorted(keep.items())) + ")"
 
 
+def _fingerprint(value: Any) -> Any:
+    from entangle.hashing import UnhashableError, fingerprint
+    try:
+        return fingerprint(value)
+    except UnhashableError:
+        return repr(value)
+
+
 def _warnings(values, terms, reference, v_node, est, confidence) -> list[str]:
     out = []
     if type(reference) is type(v_node):
-        if reference.get_params() == v_node.get_params():
+        ref_p = {k: _fingerprint(v) for k, v in reference.get_params().items()}
+        own_p = {k: _fingerprint(v) for k, v in v_node.get_params().items()}
+        if ref_p == own_p:
             out.append(
                 f"the reference learner is the downstream's own class with the same parameters "
                 f"({type(v_node).__name__}): L*(u) = L_H(u), so the approximation error is 0 by "
                 "construction and whatever the class cannot express is counted as upstream error")
         else:
-            diff = sorted(k for k, v in reference.get_params().items() if v_node.get_params().get(k) != v)
+            diff = sorted(k for k in ref_p if own_p.get(k) != ref_p[k])
             out.append(
                 f"the reference learner is the same class as the downstream ({type(v_node).__name__}, "
                 f"differing in {diff}): the approximation error only measures what that "
