@@ -214,11 +214,13 @@ def kv_table(items: Mapping[str, Any], figures: Mapping[str, str] | None = None,
 def _split_records(value: Mapping[str, Mapping[str, Any]], figures: Mapping[str, str] | None,
                    depth: int) -> Markup | None:
     """Like records with some nested fields: the compact fields as one table, the rest folded."""
-    compact: list[str] = []
+    counts: dict[str, int] = {}
     for rec in value.values():
         for k, v in rec.items():
-            if is_compact(v) and k not in compact:
-                compact.append(k)
+            if is_compact(v):
+                counts[k] = counts.get(k, 0) + 1
+    # a column only when most records have it: unlike records are better shown apart
+    compact = [k for k, c in counts.items() if c >= 0.6 * len(value)]
     if len(compact) < 3 or len(compact) > MAX_COLUMNS:
         return None
     table = records_table([{k: rec[k] for k in compact if k in rec} for rec in value.values()],

@@ -37,16 +37,19 @@ def node_lines(report: Mapping[str, Any]) -> list[str]:
     if not nodes:
         return []
     flagged = {f.get("downstream") for f in report.get("self_defeating") or []}
-    width = max((len(str(n)) for n in nodes), default=4)
+    shown = list(nodes.items())[:MAX_NODES]
+    width = max((len(str(n)) for n, _ in shown), default=4)
+    metrics = {n: f"{r.get('metric')}{ {True: '↑', False: '↓'}.get(r.get('higher_is_better'), '')}"
+               for n, r in shown if isinstance(r, Mapping)}
+    mwidth = max((len(m) for m in metrics.values()), default=4)
     lines = []
-    for name, r in list(nodes.items())[:MAX_NODES]:
+    for name, r in shown:
         if not isinstance(r, Mapping) or "delta_mean" not in r:
             lines.append(f"  {name:<{width}}  {r.get('verdict') if isinstance(r, Mapping) else r}")
             continue
-        arrow = {True: "↑", False: "↓"}.get(r.get("higher_is_better"), "")
         verdict = str(r.get("verdict")) + ("  SELF-DEFEATING" if name in flagged else "")
         mark = "*" if name == report.get("changed") else " "
-        lines.append(f" {mark}{name:<{width}}  {r.get('metric')}{arrow} "
+        lines.append(f" {mark}{name:<{width}}  {metrics[name]:<{mwidth}} "
                      f"{fmt_number(_mean(r.get('old'))):>8} → {fmt_number(_mean(r.get('new'))):<8} "
                      f"Δ {fmt_signed(r.get('delta_mean')):>8} {fmt_interval(r.get('delta_ci')):<20} "
                      f"{verdict}")
