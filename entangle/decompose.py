@@ -41,7 +41,7 @@ several changed upstreams the upstream delta splits by swapping one upstream at 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace as dc_replace
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -561,7 +561,6 @@ def decompose_change(old: System, new: System, downstream: str, seeds: Iterable[
     hits0, misses0 = store.stats.hits, store.stats.misses
     d_old = decompose(old, downstream, seeds, store, estimators=est, confidence=confidence)
     d_new = decompose(new, downstream, seeds, store, estimators=est, confidence=confidence)
-    keys = ("L*", "L*(u)", "L_H(u)", "L(v̂∘u)")
     deltas: dict[str, np.ndarray] = {
         "total": d_new.values["L(v̂∘u)"] - d_old.values["L(v̂∘u)"],
         "upstream": d_new.terms["upstream"] - d_old.terms["upstream"],

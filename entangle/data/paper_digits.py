@@ -20,7 +20,7 @@ downstream's (``train``, ``large`` for the decomposition's reference learners, `
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 

@@ -21,6 +21,7 @@ from entangle.decompose import Estimators, decompose, decompose_change, interval
 from entangle.executor import Run
 from entangle.system import System
 from entangle.tasks import ConfigError, make_store, output_dir, profile, seeds
+from entangle.tasks.toy_decomposition import stack_terms
 
 log = logging.getLogger(__name__)
 
@@ -150,24 +151,17 @@ def sweep_figure(exp: dict[str, Any]):
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=7, loc="best")
     ax.set_title(exp["name"].replace("_", " "), fontsize=10)
-    colors = {"L*": "#b0bec5", "upstream": "#1565c0", "approximation": "#ef6c00", "estimation": "#2e7d32",
-              "compatibility": "#6a1b9a"}
     for i, dec in enumerate(exp["decomposition"]):
         parts = [t for t in dec["terms"] if t.startswith("upstream:")]
-        stack = ["L*"] + (parts + ["compatibility"] if parts else ["upstream"]) + ["approximation", "estimation"]
-        bottom = 0.0
-        for t in stack:
-            h = dec["values"]["L*"]["mean"] if t == "L*" else dec["terms"][t]["mean"]
-            color = colors.get(t.split(":")[0])
-            if t.startswith("upstream:"):
-                color = "#64b5f6" if t == parts[0] else "#0d47a1"
-            bx.bar(i, h, bottom=bottom, color=color, width=0.6, label=t if i == 0 else None)
-            bottom += h
+        stack = (parts + ["compatibility"] if parts else ["upstream"]) + ["approximation", "estimation"]
+        items = [("L*", dec["values"]["L*"]["mean"])] + [(t, dec["terms"][t]["mean"]) for t in stack]
+        stack_terms(bx, i, items, parts, labelled=i == 0)
+    bx.axhline(0, color="#607d8b", lw=0.8)
     bx.set_xticks(x, labels)
     bx.set_xlabel(exp["knob"]["name"], fontsize=8)
     bx.set_ylabel(f"downstream risk ({exp['downstream']['loss']})")
     bx.legend(fontsize=7)
-    bx.set_title("decomposition at each knob value", fontsize=10)
+    bx.set_title("decomposition at each knob value (hatched: negative; black: L(v̂∘u))", fontsize=9)
     fig.tight_layout()
     return fig
 

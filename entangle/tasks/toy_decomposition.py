@@ -160,40 +160,61 @@ def table_lines(toys: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+TERM_COLORS = {"L*": "#b0bec5", "upstream": "#1565c0", "approximation": "#ef6c00",
+               "estimation": "#2e7d32", "compatibility": "#6a1b9a"}
+
+
+def term_color(term: str, parts: Sequence[str] = ()) -> str:
+    """The colour of a term in the stacked bars (per-upstream parts in shades of blue)."""
+    if term.startswith("upstream:"):
+        shades = ["#64b5f6", "#0d47a1", "#1e88e5", "#90caf9"]
+        return shades[list(parts).index(term) % len(shades)] if term in parts else shades[0]
+    return TERM_COLORS.get(term, "#9e9e9e")
+
+
+def stack_terms(ax, x: float, items: Sequence[tuple[str, float]], parts: Sequence[str] = (),
+                labelled: bool = True, width: float = 0.6) -> None:
+    """Diverging stacked bar at ``x``: positive terms upward from 0, negative ones downward
+    (hatched), and a black bar-wide tick at their sum."""
+    up = down = 0.0
+    for term, value in items:
+        kwargs = {"color": term_color(term, parts), "width": width,
+                  "label": term if labelled else None}
+        if value >= 0:
+            ax.bar(x, value, bottom=up, **kwargs)
+            up += value
+        else:
+            ax.bar(x, value, bottom=down, hatch="//", edgecolor="white", **kwargs)
+            down += value
+    ax.hlines(up + down, x - width / 2, x + width / 2, colors="k", lw=2)
+
+
 def terms_figure(toys: list[dict[str, Any]]):
     """Stacked bars of the terms, old vs new, per toy, with closed-form markers."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"L*": "#b0bec5", "upstream": "#1565c0", "approximation": "#ef6c00",
-              "estimation": "#2e7d32", "compatibility": "#6a1b9a"}
     fig, axes = plt.subplots(1, len(toys), figsize=(3.3 * len(toys), 4.2), squeeze=False)
     for ax, toy in zip(axes[0], toys):
         parts = [t for t in toy["terms"] if t.startswith("upstream:")]
-        stack = ["L*"] + (parts + ["compatibility"] if parts else ["upstream"]) + ["approximation", "estimation"]
+        stack = (parts + ["compatibility"] if parts else ["upstream"]) + ["approximation", "estimation"]
         for x, side in enumerate(("old", "new")):
-            base_e = toy["values"]["L*"][side]["estimate"]["mean"]
-            base_c = toy["values"]["L*"][side]["closed_form"]["mean"]
-            ax.bar(x, base_e, color=colors["L*"], width=0.6, label="L*" if x == 0 else None)
-            ax.hlines(base_c, x - 0.34, x + 0.34, colors="k", lw=1.5)
-            for t in stack[1:]:
-                p = toy["terms"][t][side]
-                h_e, h_c = p["estimate"]["mean"], p["closed_form"]["mean"]
-                color = colors.get(t.split(":")[0], "#90caf9")
-                if t.startswith("upstream:"):
-                    color = "#64b5f6" if t == parts[0] else "#0d47a1"
-                ax.bar(x, h_e, bottom=base_e, color=color, width=0.6, label=t if x == 0 else None)
-                base_e += h_e
-                base_c += h_c
-                ax.hlines(base_c, x - 0.34, x + 0.34, colors="k", lw=1.5,
-                          linestyles="-" if t != stack[-1] else "--")
+            items = [("L*", toy["values"]["L*"][side]["estimate"]["mean"])]
+            items += [(t, toy["terms"][t][side]["estimate"]["mean"]) for t in stack]
+            stack_terms(ax, x, items, parts, labelled=x == 0)
+            level = toy["values"]["L*"][side]["closed_form"]["mean"]
+            ax.plot([x + 0.36], [level], marker="<", color="k", ms=5)   # closed-form levels
+            for t in stack:
+                level += toy["terms"][t][side]["closed_form"]["mean"]
+                ax.plot([x + 0.36], [level], marker="<", color="k", ms=5)
         ax.set_xticks([0, 1], ["old", "new"])
         ax.set_title(f"{toy['name']}: dominant {toy['dominant_term']}\n"
                      f"{'self-defeating' if toy['self_defeating'] else 'not flagged'}", fontsize=9)
         ax.set_ylabel(f"downstream risk ({toy['loss']})", fontsize=8)
         ax.legend(fontsize=6, loc="upper left")
-    fig.suptitle("error decomposition: estimates (bars) vs closed forms (black ticks)", fontsize=10)
+    fig.suptitle("error decomposition: estimated terms (bars; black bar: their sum) vs the closed-form "
+                 "cumulative levels (◀)", fontsize=10)
     fig.tight_layout()
     return fig
 
