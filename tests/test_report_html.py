@@ -252,3 +252,14 @@ def test_other_runs_show_their_system_and_cap_what_they_embed(tmp_path, monkeypa
     (tmp_path.parent / "secret.txt").write_text("do not show")
     html = render_html({"table": "../secret.txt"}, tmp_path)
     assert "do not show" not in html
+
+
+def test_named_records_and_flags_found_anywhere():
+    report = {"experiment": "sweep_of_toys",
+              "experiments": [{"name": "loss", "description": "a knob", "changes": [
+                  {"knob": 1.0, "self_defeating": True, "sentence": "Improving 'u' made 'v' worse."},
+                  {"knob": 2.0, "self_defeating": False, "sentence": "Not flagged."}]}]}
+    assert answer_text(report) == ["Self-defeating (experiments › loss › changes › 0): "
+                                   "Improving 'u' made 'v' worse."]
+    text = Page(render_html(report, None)).plain
+    assert "loss — a knob" in text

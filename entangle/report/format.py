@@ -235,6 +235,20 @@ def _split_records(value: Mapping[str, Mapping[str, Any]], figures: Mapping[str,
     return table + Markup("").join(rest)
 
 
+def _named_blocks(items: Sequence[Mapping[str, Any]], figures: Mapping[str, str] | None,
+                  depth: int) -> Markup:
+    """A list of named records (experiments, toys, regions): one titled block each."""
+    parts = []
+    for item in items[:MAX_ROWS]:
+        rest = {k: v for k, v in item.items() if k not in ("name", "description")}
+        title = Markup("<b>{}</b>").format(item["name"])
+        if isinstance(item.get("description"), str):
+            title += Markup(' <span class="muted">— {}</span>').format(item["description"])
+        parts.append(Markup('<details open><summary>{}</summary><div class="nested">{}</div></details>')
+                     .format(title, value_html(rest, figures=figures, depth=depth + 1)))
+    return Markup("").join(parts)
+
+
 def value_html(value: Any, *, figures: Mapping[str, str] | None = None, depth: int = 0) -> Markup:
     """Any JSON value as HTML, choosing the most readable shape (see the module docstring)."""
     if is_scalar(value):
@@ -248,6 +262,8 @@ def value_html(value: Any, *, figures: Mapping[str, str] | None = None, depth: i
             return _numbers_inline(list(value))
         if _is_records(value):
             return records_table(list(value), figures=figures, depth=depth)
+        if all(isinstance(v, Mapping) and isinstance(v.get("name"), str) for v in value):
+            return _named_blocks(value, figures, depth)
         items = Markup("").join(Markup("<li>{}</li>").format(value_html(v, figures=figures,
                                                                         depth=depth + 1))
                                 for v in value[:MAX_ROWS])

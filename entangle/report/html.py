@@ -734,10 +734,40 @@ def sentences_answer(report: Mapping[str, Any]) -> list[Markup]:
     return out
 
 
+def _walk(value: Any, path: tuple[str, ...], depth: int):
+    """(path, mapping) for every mapping inside ``value`` down to ``depth`` levels."""
+    if depth < 0:
+        return
+    if isinstance(value, Mapping):
+        yield path, value
+        for k, v in value.items():
+            yield from _walk(v, path + (str(k),), depth - 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            label = v.get("name") if isinstance(v, Mapping) and isinstance(v.get("name"), str) else str(i)
+            yield from _walk(v, path + (label,), depth - 1)
+
+
+def flagged_answer(report: Mapping[str, Any], limit: int = 6) -> list[Markup]:
+    """Self-defeating findings stated anywhere in the report (``self_defeating: true`` beside a
+    ``sentence``), e.g. one per toy or per knob value; the study's own flags are stated already."""
+    out = []
+    for key, value in report.items():
+        if key in ("nodes", "decomposition", "self_defeating") or isinstance(value, (str, int, float)):
+            continue
+        for path, m in _walk(value, (key,), 5):
+            if m.get("self_defeating") is True and isinstance(m.get("sentence"), str):
+                out.append(Markup('<span class="flag">Self-defeating</span> ({}): {}').format(
+                    " › ".join(path), m["sentence"]))
+    if len(out) > limit:
+        out = out[:limit] + [Markup("… and {} more in the sections below.").format(len(out) - limit)]
+    return out
+
+
 #: answer builders: each returns the sentences it can state about a report (often none).
 ANSWERS: list[Callable[[Mapping[str, Any]], list[Markup]]] = [
     failed_answer, study_answer, toys_answer, stress_answer, sweep_answer, dataset_answer,
-    sentences_answer,
+    flagged_answer, sentences_answer,
 ]
 
 
