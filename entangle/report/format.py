@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from markupsafe import Markup, escape
 
-from entangle.report.dag import DARK, VERDICT_COLORS
+from entangle.report.colors import DARK, VERDICT_COLORS
 
 #: rows shown per table before the rest is left to report.json.
 MAX_ROWS = 200
