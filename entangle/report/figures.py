@@ -68,12 +68,18 @@ def decomposition_figure(change: dict[str, Any]):
     stack = [t for t in ("L*", "upstream", "approximation", "estimation") if t in old_t and t in new_t]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.6), gridspec_kw={"width_ratios": [1, 1.6]})
     for x, terms in enumerate((old_t, new_t)):
-        base = 0.0
+        up = down = 0.0  # positive terms stack upward, negative ones (hatched) downward
         for t in stack:
             h = terms[t].get("mean") or 0.0
-            ax1.bar(x, h, bottom=base, color=_term_color(t), width=0.6, label=t if x == 0 else None,
-                    edgecolor="white", linewidth=0.5)
-            base += h
+            bottom = up if h >= 0 else down
+            ax1.bar(x, h, bottom=bottom, color=_term_color(t), width=0.6,
+                    label=t if x == 0 else None, edgecolor="white", linewidth=0.5,
+                    hatch="//" if h < 0 else None)
+            if h >= 0:
+                up += h
+            else:
+                down += h
+    ax1.axhline(0, color="k", lw=0.6)
     ax1.set_xticks([0, 1], ["old", "new"])
     ax1.set_ylabel(f"downstream risk ({change.get('loss', 'loss')})")
     ax1.set_title("terms (mean over seeds)", fontsize=9)
