@@ -165,12 +165,15 @@ class StereoNet(_StereoOutputs):
     objective : {"disparity", "depth"}
         Space of the training loss and of the per-image loss.
     max_disp : int
-        Disparities searched, ``[0, max_disp)`` pixels; a multiple of 16.
+        Disparities searched, ``[0, max_disp)`` pixels; a multiple of 16. 48 reaches 2.7 m at
+        the world's geometry (f·B = 130.5 px·m at 416 px width; objects at 3 m: 43.5 px).
     channels, groups, volume_channels : int
         Feature channels, correlation groups, channels of the 3D convolutions.
     epochs, lr, batch_size : training schedule (Adam, cosine decay of the learning rate to 0).
     crop : [height, width] or None
         Train on random crops of this size (multiples of 16); None trains on full images.
+        Crops of 64x208 (a quarter of a 128x416 image) train about 4x more images per second;
+        prediction always runs on full images.
     max_depth : float
         Pixels with ground truth farther than this (metres) are not trained on nor scored.
     device : "auto", "cpu" or "cuda"
@@ -180,8 +183,8 @@ class StereoNet(_StereoOutputs):
     input_kinds = {"left": "image", "right": "image", "calib": "calib", "baseline": "scalar"}
     version = "1"
 
-    def __init__(self, *, objective: str = "disparity", max_disp: int = 64, channels: int = 16,
-                 groups: int = 4, volume_channels: int = 8, epochs: int = 10, lr: float = 1e-3,
+    def __init__(self, *, objective: str = "disparity", max_disp: int = 48, channels: int = 16,
+                 groups: int = 4, volume_channels: int = 8, epochs: int = 4, lr: float = 3e-3,
                  batch_size: int = 4, crop: Any = None, max_depth: float = 80.0,
                  device: str = "auto"):
         self.objective = objective
@@ -255,8 +258,8 @@ class StereoNet(_StereoOutputs):
 
         history = []
         start = time.perf_counter()
-        bar = tqdm(range(int(self.epochs)), desc=f"StereoNet[{self.objective}]", disable=None)
-        for epoch in bar:
+        bar = tqdm(total=steps, desc=f"StereoNet[{self.objective}]", unit="batch", disable=None)
+        for epoch in range(int(self.epochs)):
             perm = torch.randperm(n, generator=gen).numpy()
             total, batches = 0.0, 0
             for step, b0 in enumerate(range(0, n, bs)):
@@ -271,6 +274,7 @@ class StereoNet(_StereoOutputs):
                 # train on valid pixels within the searched range and max_depth
                 mask = (d > 0) & (d < self.max_disp) & (fb.view(-1, 1, 1) <= self.max_depth * d)
                 if not bool(mask.any()):
+                    bar.update(1)
                     continue
                 out = net(l, r)                                                    # (3, B, ch, cw)
                 if self.objective == "depth":
@@ -288,9 +292,11 @@ class StereoNet(_StereoOutputs):
                 sched.step()
                 total += loss.item()
                 batches += 1
+                bar.update(1)
             history.append(total / max(batches, 1))
-            bar.set_postfix(loss=f"{history[-1]:.3f}")
+            bar.set_postfix(epoch=epoch, loss=f"{history[-1]:.3f}")
             log.info("%s epoch %d: loss %.4f", owner, epoch, history[-1])
+        bar.close()
         elapsed = time.perf_counter() - start
         log.info("%s trained on %d images x %d epochs in %.1f s (%.1f images/s)", owner, n,
                  self.epochs, elapsed, n * int(self.epochs) / max(elapsed, 1e-9))

@@ -216,6 +216,9 @@ class StereoNet(nn.Module):
         feats = self.features(torch.cat([left, right], dim=0))
         fl, fr = feats.chunk(2, dim=0)
         volume = group_correlation_volume(fl, fr, num_disp, cfg.groups)  # (batch, G, D/4, H/4, W/4)
+        # channels-last: oneDNN's few-channel 3D convolutions (forward and backward) run 2-3x
+        # faster in this layout on CPU, and the layout propagates through the 3D stages
+        volume = volume.contiguous(memory_format=torch.channels_last_3d)
         x = self.stem(volume)                                             # (batch, vc, D/4, H/4, W/4)
 
         disparities = []
