@@ -1,0 +1,504 @@
+"""A CPU-sized frustum pedestrian detector: 2D detections on the image, then a PointNet per frustum.
+
+It plays the role of the paper's Frustum PointNets (F-PointNet v1), at a size that trains in a
+minute or two on CPU:
+
+1. a 2D centre-heatmap detector (CenterNet) on the left image finds pedestrians' 2D boxes. It is
+   trained on the ground-truth 2D boxes, so it does not depend on the depth at all, mirroring the
+   fixed 2D detector of F-PointNet;
+2. the points whose projection falls inside a 2D box form its frustum. They are turned about the
+   y axis so that the ray through the box centre becomes the z axis (F-PointNet's frustum frame)
+   and centred on their median;
+3. a segmentation PointNet (shared MLP, max-pool, per-point head) scores each point as belonging
+   to the object; the weighted mean of the object points is a first centre;
+4. a box PointNet on the points relative to that centre regresses the centre residual, the
+   log-size ratios to the training mean and ``(sin 2 ry, cos 2 ry)``.
+
+The PointNets are trained on frustums of the ground-truth 2D boxes with random jitter (so they
+learn to cope with imperfect 2D boxes), with the object's points (inside its 3D box) as the
+segmentation target. A detection's score is its 2D score; its 2D box is the projection of the
+3D box with P2.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from entangle.models import boxes as bx
+from entangle.models.centernet import conv_bn, draw_gaussians, focal_loss, peaks, resolve_device
+from entangle.models.detector_base import DetectorNode, check_calib, check_labels, check_points
+from entangle.models.layout import BOX_COLUMNS, L, LABEL_COLUMNS, PEDESTRIAN
+from entangle.node import NodeError, Ragged
+
+log = logging.getLogger(__name__)
+
+#: output stride of the 2D detector.
+STRIDE = 4
+
+
+# --------------------------------------------------------------------------------------------
+# the 2D detector
+# --------------------------------------------------------------------------------------------
+class ImageNet2D(nn.Module):
+    """Image ``(B, 3, H, W)`` -> heatmap logits ``(B, 1, H/4, W/4)`` and ``(log w, log h, du, dv)``."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        c = width
+        self.body = nn.Sequential(
+            conv_bn(4, c // 2, stride=2),            # (B, c/2, H/2, W/2); input + row channel
+            conv_bn(c // 2, c, stride=2),            # (B, c, H/4, W/4)
+            conv_bn(c, c),
+            conv_bn(c, c, dilation=2),
+            conv_bn(c, c, dilation=4),
+            conv_bn(c, c),
+        )
+        self.heat = nn.Conv2d(c, 1, 1)
+        self.reg = nn.Conv2d(c, 4, 1)
+        nn.init.constant_(self.heat.bias, -2.19)
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = image.shape
+        rows = torch.linspace(-1, 1, h, device=image.device).view(1, 1, h, 1).expand(b, 1, h, w)
+        f = self.body(torch.cat([image, rows], dim=1))
+        return self.heat(f), self.reg(f)
+
+
+def _image_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [-0.5, 0.5]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
+
+
+# --------------------------------------------------------------------------------------------
+# frustums and the PointNets
+# --------------------------------------------------------------------------------------------
+def frustum_angle(box2d: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """Yaw of the ray through each 2D box centre: turning by it puts the ray on the z axis."""
+    u = 0.5 * (box2d[:, 0] + box2d[:, 2])
+    return np.arctan2(u - P[0, 2], P[0, 0])
+
+
+def to_frustum(points: np.ndarray, angle: float) -> np.ndarray:
+    """Rotate camera-frame points ``(n, 3)`` about y by ``-angle`` (the frustum frame)."""
+    c, s = math.cos(angle), math.sin(angle)
+    x, y, z = points[:, 0], points[:, 1], points[:, 2]
+    return np.stack([c * x - s * z, y, s * x + c * z], axis=1)
+
+
+def from_frustum(points: np.ndarray, angle: float) -> np.ndarray:
+    """Inverse of :func:`to_frustum`."""
+    return to_frustum(points, -angle)
+
+
+class PointNetSeg(nn.Module):
+    """Points ``(B, N, 3)`` (+ validity) -> per-point object logits ``(B, N)``."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        c = width
+        self.local = nn.Sequential(nn.Conv1d(4, c, 1), nn.ReLU(), nn.Conv1d(c, 2 * c, 1), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv1d(4 * c + 1, 2 * c, 1), nn.ReLU(), nn.Conv1d(2 * c, c, 1),
+                                  nn.ReLU(), nn.Conv1d(c, 1, 1))
+
+    def forward(self, pts: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        b, n, _ = pts.shape
+        x = torch.cat([pts, depth.view(b, 1, 1).expand(b, n, 1)], dim=2).transpose(1, 2)  # (B, 4, N)
+        f = self.local(x)                                                  # (B, 2c, N)
+        g = f.max(dim=2, keepdim=True).values.expand(-1, -1, n)            # (B, 2c, N)
+        d = depth.view(b, 1, 1).expand(b, 1, n)
+        return self.head(torch.cat([f, g, d], dim=1)).squeeze(1)           # (B, N)
+
+
+class PointNetBox(nn.Module):
+    """Centred points ``(B, N, 3)`` and object weights ``(B, N)`` -> centre (3), log-size (3), angle (2)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        c = width
+        self.local = nn.Sequential(nn.Conv1d(4, c, 1), nn.ReLU(), nn.Conv1d(c, 2 * c, 1), nn.ReLU(),
+                                   nn.Conv1d(2 * c, 4 * c, 1), nn.ReLU())
+        self.head = nn.Sequential(nn.Linear(4 * c + 1, 2 * c), nn.ReLU(), nn.Linear(2 * c, c), nn.ReLU(),
+                                  nn.Linear(c, 8))
+
+    def forward(self, pts: torch.Tensor, weight: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([pts, weight.unsqueeze(2)], dim=2).transpose(1, 2)   # (B, 4, N)
+        # points unlikely to be the object are pushed down before pooling
+        f = self.local(x) * weight.unsqueeze(1)                            # (B, 4c, N)
+        g = f.max(dim=2).values                                            # (B, 4c)
+        return self.head(torch.cat([g, depth.view(-1, 1)], dim=1))         # (B, 8)
+
+
+class FrustumNet(nn.Module):
+    """Segmentation PointNet, weighted centroid, then box PointNet (F-PointNet v1 without T-Net)."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.seg = PointNetSeg(width)
+        self.box = PointNetBox(width)
+
+    def forward(self, pts: torch.Tensor, depth: torch.Tensor):
+        logits = self.seg(pts, depth)                                      # (B, N)
+        w = torch.sigmoid(logits)
+        centre0 = (pts * w.unsqueeze(2)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-3)  # (B, 3)
+        out = self.box(pts - centre0.unsqueeze(1), w, depth)               # (B, 8)
+        return logits, centre0, out
+
+
+def _sample_points(pts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Exactly ``n`` rows of ``pts``: a random subset, or all of them repeated."""
+    if len(pts) >= n:
+        return pts[rng.choice(len(pts), n, replace=False)]
+    return pts[np.concatenate([np.arange(len(pts)), rng.integers(0, len(pts), n - len(pts))])]
+
+
+class _Frustum:
+    """One frustum's normalised points: frame angle, median shift and the sampled points."""
+
+    def __init__(self, points: np.ndarray, box2d: np.ndarray, P: np.ndarray, n: int,
+                 rng: np.random.Generator):
+        self.angle = float(frustum_angle(box2d[None], P)[0])
+        f = to_frustum(points, self.angle)
+        self.shift = np.median(f, axis=0)
+        self.points = _sample_points(f - self.shift, n, rng).astype(np.float32)   # (n, 3)
+
+
+def _in_box(uv: np.ndarray, box2d: np.ndarray) -> np.ndarray:
+    return (uv[:, 0] >= box2d[0]) & (uv[:, 0] <= box2d[2]) & (uv[:, 1] >= box2d[1]) & (uv[:, 1] <= box2d[3])
+
+
+class PedestrianDetector(DetectorNode):
+    """Frustum pedestrian detector on the left image and the pseudo-LiDAR points (module docstring).
+
+    Inputs ``points`` (Ragged of (n, 3) camera-frame points), ``image`` ((N, H, W, 3) uint8 left
+    images) and ``calib`` ((N, 3, 4) P2); target ``labels``; output ``boxes``.
+    """
+
+    object_class = PEDESTRIAN
+    input_kinds = {"points": "points", "image": "image", "calib": "calib"}
+    output_kinds = {"boxes": "boxes", "image_size": "array", "n_points": "array"}
+    version = "1"
+
+    def __init__(self, *, width_2d: int = 24, epochs_2d: int = 10, lr_2d: float = 2e-3,
+                 batch_size_2d: int = 8, width_3d: int = 32, epochs_3d: int = 15, lr_3d: float = 2e-3,
+                 batch_size_3d: int = 32, n_points: int = 128, jitter: float = 0.1,
+                 copies_per_object: int = 2, max_range: float = 60.0, max_detections: int = 20,
+                 score_threshold: float = 0.1, nms_iou: float = 0.5, min_frustum_points: int = 5,
+                 weight_decay: float = 1e-4, flip: bool = True, device: str = "auto"):
+        self.width_2d = width_2d
+        self.epochs_2d = epochs_2d
+        self.lr_2d = lr_2d
+        self.batch_size_2d = batch_size_2d
+        self.width_3d = width_3d
+        self.epochs_3d = epochs_3d
+        self.lr_3d = lr_3d
+        self.batch_size_3d = batch_size_3d
+        self.n_points = n_points
+        self.jitter = jitter
+        self.copies_per_object = copies_per_object
+        self.max_range = max_range
+        self.max_detections = max_detections
+        self.score_threshold = score_threshold
+        self.nms_iou = nms_iou
+        self.min_frustum_points = min_frustum_points
+        self.weight_decay = weight_decay
+        self.flip = flip
+        self.device = device
+
+    # -- 2D detector -----------------------------------------------------------------------
+    def _targets_2d(self, labels: list[np.ndarray], flips: np.ndarray, shape: tuple[int, int]):
+        h, w = shape[0] // STRIDE, shape[1] // STRIDE
+        b = len(labels)
+        heat = np.zeros((b, 1, h, w), dtype=np.float32)
+        reg = np.zeros((b, 4, h, w), dtype=np.float32)
+        mask = np.zeros((b, 1, h, w), dtype=np.float32)
+        for i, lab in enumerate(labels):
+            ped = lab[lab[:, L["cls"]] == PEDESTRIAN]
+            if len(ped) == 0:
+                continue
+            x1, y1, x2, y2 = (ped[:, L[k]].copy() for k in ("x1", "y1", "x2", "y2"))
+            if flips[i]:
+                x1, x2 = shape[1] - 1 - x2, shape[1] - 1 - x1
+            cu, cv = 0.5 * (x1 + x2) / STRIDE, 0.5 * (y1 + y2) / STRIDE
+            bw, bh = np.maximum(x2 - x1, 1.0) / STRIDE, np.maximum(y2 - y1, 1.0) / STRIDE
+            sig = np.maximum(0.5, bw / 3.0)
+            heat[i, 0] = draw_gaussians((h, w), np.stack([cv, cu], 1), sig)
+            for k in range(len(ped)):
+                r, c = int(cv[k]), int(cu[k])
+                if 0 <= r < h and 0 <= c < w:
+                    reg[i, :, r, c] = [np.log(bw[k]), np.log(bh[k]), cu[k] - c, cv[k] - r]
+                    mask[i, 0, r, c] = 1.0
+        return heat, reg, mask
+
+    def _fit_2d(self, images: np.ndarray, labels: Ragged, seed: int, dev: torch.device) -> ImageNet2D:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        n = len(images)
+        net = ImageNet2D(self.width_2d).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr_2d, weight_decay=self.weight_decay)
+        steps = max(self.epochs_2d * math.ceil(n / self.batch_size_2d), 1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr_2d, total_steps=steps, pct_start=0.15)
+        label_list = [np.asarray(labels[i], dtype=np.float64) for i in range(n)]
+        net.train()
+        history = []
+        for epoch in tqdm(range(self.epochs_2d), desc="Pedestrian 2D", disable=None):
+            perm = rng.permutation(n)
+            total = 0.0
+            for start in range(0, n, self.batch_size_2d):
+                idx = perm[start:start + self.batch_size_2d]
+                flips = (rng.random(len(idx)) < 0.5) if self.flip else np.zeros(len(idx), bool)
+                x = _image_tensor(images[idx])
+                fl = torch.from_numpy(flips)
+                x[fl] = torch.flip(x[fl], dims=[-1])
+                heat_t, reg_t, mask_t = (torch.from_numpy(a).to(dev) for a in
+                                         self._targets_2d([label_list[i] for i in idx], flips, images.shape[1:3]))
+                heat, reg = net(x.to(dev))
+                loss = focal_loss(heat, heat_t) + (F.l1_loss(reg, reg_t, reduction="none") * mask_t).sum() \
+                    / mask_t.sum().clamp(min=1.0)
+                if not torch.isfinite(loss):
+                    raise NodeError(f"PedestrianDetector 2D: loss became {loss.item()} at epoch {epoch} (seed {seed})")
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+            history.append(total / n)
+        self.train_loss_2d_ = np.asarray(history)
+        return net.cpu().eval()
+
+    @torch.no_grad()
+    def _detect_2d(self, images: np.ndarray) -> list[np.ndarray]:
+        """Per image, 2D detections ``(k, 5)`` = ``(x1, y1, x2, y2, score)``."""
+        out = []
+        h_img, w_img = images.shape[1:3]
+        for start in range(0, len(images), 16):
+            heat, reg = self.net_(_image_tensor(images[start:start + 16]))
+            scores, r, c = peaks(torch.sigmoid(heat), self.max_detections)
+            for b in range(len(heat)):
+                keep = scores[b] >= self.score_threshold
+                rr, cc = r[b][keep].numpy(), c[b][keep].numpy()
+                g = reg[b][:, r[b][keep], c[b][keep]].numpy().astype(np.float64)   # (4, k)
+                bw, bh = np.exp(np.clip(g[0], -3, 6)) * STRIDE, np.exp(np.clip(g[1], -3, 6)) * STRIDE
+                cu, cv = (cc + g[2]) * STRIDE, (rr + g[3]) * STRIDE
+                boxes = np.stack([cu - bw / 2, cv - bh / 2, cu + bw / 2, cv + bh / 2], 1)
+                boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w_img - 1)
+                boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h_img - 1)
+                s = scores[b][keep].numpy().astype(np.float64)
+                out.append(_nms_2d(boxes, s, self.nms_iou))
+        return out
+
+    # -- frustum PointNet ------------------------------------------------------------------
+    def _frustum_training_set(self, points: Ragged, labels: Ragged, P: np.ndarray,
+                              rng: np.random.Generator):
+        """Jittered GT-box frustums: points (M, n, 3), depth feature, seg targets, box targets."""
+        pts_all, depth_f, seg_t, box_t = [], [], [], []
+        for i in range(len(points)):
+            lab = np.asarray(labels[i], dtype=np.float64)
+            ped = lab[lab[:, L["cls"]] == PEDESTRIAN]
+            cloud = np.asarray(points[i], dtype=np.float64)
+            if len(ped) == 0 or len(cloud) == 0:
+                continue
+            uv = bx.project_points(cloud, P[i])
+            for obj in ped:
+                box7 = obj[1:8]
+                b2 = obj[8:12]
+                w, h = b2[2] - b2[0], b2[3] - b2[1]
+                for _ in range(self.copies_per_object):
+                    j = rng.normal(0.0, self.jitter, 4) * np.array([w, h, w, h])
+                    jb = b2 + j
+                    sel = _in_box(uv, jb)
+                    if sel.sum() < self.min_frustum_points:
+                        continue
+                    fr = _Frustum(cloud[sel], jb, P[i], self.n_points, rng)
+                    # targets in the normalised frustum frame
+                    world = from_frustum(fr.points.astype(np.float64) + fr.shift, fr.angle)
+                    inside = _points_in_box(world, box7, margin=0.1)
+                    centre = to_frustum(np.array([[box7[0], box7[1] - box7[3] / 2, box7[2]]]), fr.angle)[0] - fr.shift
+                    ry_f = box7[6] - fr.angle     # yaw in the frustum frame
+                    pts_all.append(fr.points)
+                    depth_f.append(fr.shift[2] / 30.0)
+                    seg_t.append(inside.astype(np.float32))
+                    box_t.append(np.concatenate([centre, np.log(box7[3:6] / self.mean_size_),
+                                                 [np.sin(2 * ry_f), np.cos(2 * ry_f)]]))
+        if not pts_all:
+            raise ValueError("PedestrianDetector.fit: no pedestrian frustum holds enough points "
+                             f"(min_frustum_points={self.min_frustum_points})")
+        return (torch.from_numpy(np.stack(pts_all)), torch.tensor(depth_f, dtype=torch.float32),
+                torch.from_numpy(np.stack(seg_t)), torch.tensor(np.stack(box_t), dtype=torch.float32))
+
+    def _fit_3d(self, points: Ragged, labels: Ragged, P: np.ndarray, seed: int, dev: torch.device) -> FrustumNet:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed + 1)
+        pts, depth, seg_t, box_t = self._frustum_training_set(points, labels, P, rng)
+        m = len(pts)
+        net = FrustumNet(self.width_3d).to(dev)
+        opt = torch.optim.AdamW(net.parameters(), lr=self.lr_3d, weight_decay=self.weight_decay)
+        steps = max(self.epochs_3d * math.ceil(m / self.batch_size_3d), 1)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr_3d, total_steps=steps, pct_start=0.15)
+        gen = torch.Generator().manual_seed(seed)
+        history = []
+        net.train()
+        for epoch in tqdm(range(self.epochs_3d), desc="Pedestrian frustum", disable=None):
+            perm = torch.randperm(m, generator=gen)
+            total = 0.0
+            for start in range(0, m, self.batch_size_3d):
+                idx = perm[start:start + self.batch_size_3d]
+                p, d, st, bt = (a[idx].to(dev) for a in (pts, depth, seg_t, box_t))
+                logits, centre0, out = net(p, d)
+                l_seg = F.binary_cross_entropy_with_logits(logits, st)
+                centre = centre0 + out[:, :3]
+                l_centre = F.smooth_l1_loss(centre, bt[:, :3], beta=0.1) + 0.5 * F.smooth_l1_loss(centre0, bt[:, :3], beta=0.1)
+                l_size = F.smooth_l1_loss(out[:, 3:6], bt[:, 3:6], beta=0.1)
+                l_angle = F.smooth_l1_loss(out[:, 6:8], bt[:, 6:8], beta=0.1)
+                loss = l_seg + 2.0 * l_centre + l_size + 0.5 * l_angle
+                if not torch.isfinite(loss):
+                    raise NodeError(f"PedestrianDetector frustum: loss became {loss.item()} at epoch {epoch} (seed {seed})")
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += loss.item() * len(idx)
+            history.append(total / m)
+        self.train_loss_3d_ = np.asarray(history)
+        self.n_frustums_ = m
+        return net.cpu().eval()
+
+    # -- the node contract -----------------------------------------------------------------
+    def _check_inputs(self, inputs: Mapping[str, Any]) -> tuple[Ragged, np.ndarray, np.ndarray]:
+        points = check_points(inputs["points"])
+        images = np.asarray(inputs["image"])
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"image must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+        if len(images) != len(points):
+            raise ValueError(f"image has {len(images)} images but points has {len(points)}")
+        if images.shape[1] % STRIDE or images.shape[2] % STRIDE:
+            raise ValueError(f"image height and width must be multiples of {STRIDE}, got {images.shape[1:3]}")
+        P = check_calib(inputs["calib"], len(points))
+        return points, images, P
+
+    def _in_range(self, points: Ragged) -> list[np.ndarray]:
+        out = []
+        for p in points:
+            p = np.asarray(p, dtype=np.float64)
+            out.append(p[(p[:, 2] > 0) & (p[:, 2] <= self.max_range)] if len(p) else p.reshape(0, 3))
+        return out
+
+    def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *, seed: int) -> "PedestrianDetector":
+        points, images, P = self._check_inputs(inputs)
+        labels = check_labels(targets["labels"], len(points))
+        lv = np.asarray(labels.values, dtype=np.float64).reshape(-1, len(LABEL_COLUMNS))
+        peds = lv[lv[:, L["cls"]] == PEDESTRIAN]
+        if len(peds) == 0:
+            raise ValueError("PedestrianDetector.fit: the training labels hold no Pedestrian rows")
+        self.mean_size_ = peds[:, [L["h"], L["w"], L["l"]]].mean(axis=0)
+        dev = resolve_device(self.device)
+        net2d = self._fit_2d(images, labels, seed, dev)
+        clouds = Ragged.from_list(self._in_range(points), width=3)
+        net3d = self._fit_3d(clouds, labels, P, seed, dev)
+        self.net_ = net2d
+        self.frustum_net_ = net3d
+        return self
+
+    @torch.no_grad()
+    def predict(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        self._require_fitted()
+        points, images, P = self._check_inputs(inputs)
+        clouds = self._in_range(points)
+        n_points = np.array([len(c) for c in clouds], dtype=np.int64)
+        if np.any(n_points == 0):
+            log.warning("PedestrianDetector: %d of %d clouds have no point in range (no detections there)",
+                        int((n_points == 0).sum()), len(n_points))
+        dets2d = self._detect_2d(images)
+        rng = np.random.default_rng(0)        # fixed: the same inputs give the same boxes
+        image_size = np.tile(np.asarray(images.shape[1:3], dtype=np.int64), (len(images), 1))
+        frustums, owners, scores = [], [], []
+        for i, (cloud, d2) in enumerate(zip(clouds, dets2d)):
+            if len(cloud) == 0 or len(d2) == 0:
+                continue
+            uv = bx.project_points(cloud, P[i])
+            for row in d2:
+                sel = _in_box(uv, row[:4])
+                if sel.sum() < self.min_frustum_points:
+                    continue
+                frustums.append(_Frustum(cloud[sel], row[:4], P[i], self.n_points, rng))
+                owners.append(i)
+                scores.append(row[4])
+        rows: list[list[np.ndarray]] = [[] for _ in range(len(images))]
+        net = self.frustum_net_
+        for start in range(0, len(frustums), 256):
+            chunk = frustums[start:start + 256]
+            pts = torch.from_numpy(np.stack([f.points for f in chunk]))
+            depth = torch.tensor([f.shift[2] / 30.0 for f in chunk], dtype=torch.float32)
+            _, centre0, out = net(pts, depth)
+            centre = (centre0 + out[:, :3]).numpy().astype(np.float64)
+            out = out.numpy().astype(np.float64)
+            for k, f in enumerate(chunk):
+                i = owners[start + k]
+                c = from_frustum((centre[k] + f.shift)[None], f.angle)[0]
+                h, w, l = self.mean_size_ * np.exp(np.clip(out[k, 3:6], -1, 1))
+                ry = 0.5 * np.arctan2(out[k, 6], out[k, 7]) + f.angle
+                box7 = np.array([[c[0], c[1] + h / 2, c[2], h, w, l, ry]])
+                box2d = bx.project_boxes(box7, P[i], tuple(image_size[i]))
+                rows[i].append(self._rows(PEDESTRIAN, box7, box2d, np.array([scores[start + k]])))
+        per_image = [np.concatenate(r) if r else np.zeros((0, len(BOX_COLUMNS)), np.float32) for r in rows]
+        return {"boxes": Ragged.from_list(per_image, width=len(BOX_COLUMNS)),
+                "image_size": image_size, "n_points": n_points}
+
+    def state_dict(self) -> dict[str, Any]:
+        self._require_fitted()
+        state = {f"net.{k}": v.detach().cpu().clone() for k, v in self.net_.state_dict().items()}
+        state.update({f"frustum.{k}": v.detach().cpu().clone() for k, v in self.frustum_net_.state_dict().items()})
+        state["mean_size_"] = np.asarray(self.mean_size_, dtype=np.float64)
+        state["train_loss_2d_"] = np.asarray(self.train_loss_2d_, dtype=np.float64)
+        state["train_loss_3d_"] = np.asarray(self.train_loss_3d_, dtype=np.float64)
+        state["n_frustums_"] = np.asarray(self.n_frustums_)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> "PedestrianDetector":
+        net = ImageNet2D(self.width_2d)
+        net.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in state.items() if k.startswith("net.")})
+        fnet = FrustumNet(self.width_3d)
+        fnet.load_state_dict({k[8:]: torch.as_tensor(v) for k, v in state.items() if k.startswith("frustum.")})
+        self.net_ = net.eval()
+        self.frustum_net_ = fnet.eval()
+        self.mean_size_ = np.asarray(state["mean_size_"], dtype=np.float64)
+        self.train_loss_2d_ = np.asarray(state["train_loss_2d_"], dtype=np.float64)
+        self.train_loss_3d_ = np.asarray(state["train_loss_3d_"], dtype=np.float64)
+        self.n_frustums_ = int(np.asarray(state["n_frustums_"]))
+        return self
+
+
+def _points_in_box(points: np.ndarray, box7: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Mask of camera-frame points inside a 3D box ``(x, y, z, h, w, l, ry)`` grown by ``margin``."""
+    x, y, z, h, w, l, ry = box7
+    dx, dz = points[:, 0] - x, points[:, 2] - z
+    c, s = math.cos(ry), math.sin(ry)
+    along = c * dx - s * dz          # inverse of the yaw used by bev_corners
+    across = s * dx + c * dz
+    return ((np.abs(along) <= l / 2 + margin) & (np.abs(across) <= w / 2 + margin)
+            & (points[:, 1] <= y + margin) & (points[:, 1] >= y - h - margin))
+
+
+def _nms_2d(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy 2D NMS; returns the kept ``(k, 5)`` rows ``(x1, y1, x2, y2, score)``, best first."""
+    order = np.argsort(-scores, kind="stable")
+    boxes, scores = boxes[order], scores[order]
+    if len(boxes) == 0:
+        return np.zeros((0, 5))
+    ov = bx.box2d_overlap(boxes, boxes)
+    keep = []
+    suppressed = np.zeros(len(boxes), dtype=bool)
+    for i in range(len(boxes)):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        suppressed |= ov[i] > iou
+    keep = np.asarray(keep)
+    return np.column_stack([boxes[keep], scores[keep]])
