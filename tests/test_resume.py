@@ -43,7 +43,8 @@ def _kill_resume(tmp_path: Path, cycles: int, rng: random.Random) -> tuple[dict,
     store = tmp_path / "store"
     seen = []
     for cycle in range(cycles):
-        target = rng.randint(_entries(store) + 1, TOTAL_ENTRIES - 1) if _entries(store) < TOTAL_ENTRIES - 1 else None
+        have = _entries(store)
+        target = rng.randint(have + 1, TOTAL_ENTRIES - 3) if have < TOTAL_ENTRIES - 3 else None
         if target is None:
             break
         proc = subprocess.Popen(_cmd(store, tmp_path / f"killed{cycle}"), env=_env(),
@@ -51,7 +52,7 @@ def _kill_resume(tmp_path: Path, cycles: int, rng: random.Random) -> tuple[dict,
         deadline = time.time() + 240
         while _entries(store) < target and proc.poll() is None and time.time() < deadline:
             time.sleep(0.02)
-        time.sleep(rng.random() * 0.3)  # land anywhere inside the next node's work
+        time.sleep(rng.random() * 0.05)  # land inside the next node's work
         alive = proc.poll() is None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
