@@ -19,7 +19,8 @@ import pytest
 
 from entangle.store import Store
 
-STUDY = ["experiment=toy_pipeline", "profile=quick", "seeds=[0,1]"]
+# down_b trains for ~1 s per fit, so that on a fast, idle machine a kill still lands mid-study
+STUDY = ["experiment=toy_pipeline", "profile=quick", "seeds=[0,1]", "pipeline.nodes.down_b.epochs=300"]
 TOTAL_ENTRIES = 12  # 2 seeds x (3 old + 3 new) stored nodes
 
 
