@@ -122,9 +122,18 @@ def apply_profile(cfg: DictConfig) -> DictConfig:
 
 
 def make_store(cfg: DictConfig):
-    """The artifact store named by ``store.root`` (the user's cache dir when null)."""
+    """The artifact store named by ``store.root`` (the user's cache dir when null).
+
+    With ``store.remote`` set (an fsspec URL), a :class:`~entangle.remote_store.RemoteStore`:
+    ``store.root`` becomes the local cache of a store shared through that URL.
+    """
     from entangle.store import Store
-    root = cfg.get("store", {}).get("root") if cfg.get("store") is not None else None
+    conf = cfg.get("store")
+    root = conf.get("root") if conf is not None else None
+    remote = conf.get("remote") if conf is not None else None
+    if remote not in (None, "", "null"):
+        from entangle.remote_store import RemoteStore
+        return RemoteStore(root, str(remote))
     return Store(root)
 
 
