@@ -15,7 +15,7 @@ from entangle.models import boxes as bx
 from entangle.models.car_detector import BEVGrid, CarDetector
 from entangle.models.kitti_eval import class_rows, difficulty_of
 from entangle.models.layout import BOX_COLUMNS, CAR, L, PEDESTRIAN
-from entangle.models.pedestrian_detector import PedestrianDetector
+from entangle.models.pedestrian_detector import PedestrianDetector, PedestrianImageDetector
 from entangle.models.pseudo_lidar import depth_to_points_batch
 from entangle.node import Ragged
 from entangle.testing import check_node
@@ -157,6 +157,33 @@ def test_pedestrian_detector_learns_easy_scenes(data):
     trivial = node.score(_trivial(test, PEDESTRIAN, train["labels"]), {"labels": test["labels"]})
     assert score["bev_ap40_loose_moderate"] > 0.5 and trivial["bev_ap40_loose_moderate"] < 0.1
     assert score["mean_object_loss"] < trivial["mean_object_loss"]
+
+
+def test_image_stage_as_its_own_node_gives_the_same_boxes(data):
+    """Wiring a PedestrianImageDetector's boxes_2d in is the built-in image stage (2D boxes pass
+    through float32 storage, hence the tolerance)."""
+    train, test = data
+    small = {k: (v[:16] if k not in ("labels", "points") else v.take(np.arange(16))) for k, v in train.items()}
+    kw2d = dict(width_2d=8, epochs_2d=2, batch_size_2d=4, score_threshold=0.0)
+    whole = PedestrianDetector(**kw2d, width_3d=8, epochs_3d=2)
+    whole.fit(_ped_inputs(small), {"labels": small["labels"]}, seed=3)
+    stage = check_node(PedestrianImageDetector(**kw2d), {"image": small["image"]}, {"labels": small["labels"]})
+    assert isinstance(stage["boxes_2d"], Ragged)
+    image = PedestrianImageDetector(**kw2d).fit({"image": small["image"]}, {"labels": small["labels"]}, seed=3)
+    frustum = PedestrianDetector(**kw2d, width_3d=8, epochs_3d=2)
+    frustum.fit({**_ped_inputs(small), "boxes_2d": image.predict({"image": small["image"]})["boxes_2d"]},
+                {"labels": small["labels"]}, seed=3)
+    assert frustum.image_stage_ is None and not any(k.startswith("net.") for k in frustum.state_dict())
+    split = frustum.predict({**_ped_inputs(test), "boxes_2d": image.predict({"image": test["image"]})["boxes_2d"]})
+    joined = whole.predict(_ped_inputs(test))["boxes"]
+    assert len(split["boxes"].values) == len(joined.values) > 0
+    np.testing.assert_allclose(split["boxes"].values, joined.values, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="wire 'boxes_2d'"):
+        frustum.predict(_ped_inputs(test))
+    # the 2D node's own loss: one number per ground-truth pedestrian, in [0, 1]
+    loss = image.loss(image.predict({"image": test["image"]}), {"labels": test["labels"]})
+    lv = test["labels"].values
+    assert loss.shape == (int((lv[:, L["cls"]] == PEDESTRIAN).sum()),) and np.all((loss >= 0) & (loss <= 1))
 
 
 def test_per_object_loss_follows_the_label_rows():

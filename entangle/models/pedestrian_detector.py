@@ -5,7 +5,9 @@ minute or two on CPU:
 
 1. a 2D centre-heatmap detector (CenterNet) on the left image finds pedestrians' 2D boxes. It is
    trained on the ground-truth 2D boxes, so it does not depend on the depth at all, mirroring the
-   fixed 2D detector of F-PointNet;
+   fixed 2D detector of F-PointNet. It is also a node of its own, :class:`PedestrianImageDetector`:
+   wired to the detector's optional ``boxes_2d`` input, it is trained once per seed and shared
+   by every stereo variant from the store, instead of being retrained inside each detector;
 2. the points whose projection falls inside a 2D box form its frustum. They are turned about the
    y axis so that the ray through the box centre becomes the z axis (F-PointNet's frustum frame)
    and centred on their median;
@@ -36,7 +38,7 @@ from entangle.models import boxes as bx
 from entangle.models.centernet import conv_bn, draw_gaussians, focal_loss, peaks, resolve_device
 from entangle.models.detector_base import DetectorNode, check_calib, check_labels, check_points
 from entangle.models.layout import BOX_COLUMNS, L, LABEL_COLUMNS, PEDESTRIAN
-from entangle.node import NodeError, Ragged
+from entangle.node import BaseNode, NodeError, NotFittedError, Ragged
 
 log = logging.getLogger(__name__)
 
@@ -174,45 +176,37 @@ def _in_box(uv: np.ndarray, box2d: np.ndarray) -> np.ndarray:
     return (uv[:, 0] >= box2d[0]) & (uv[:, 0] <= box2d[2]) & (uv[:, 1] >= box2d[1]) & (uv[:, 1] <= box2d[3])
 
 
-class PedestrianDetector(DetectorNode):
-    """Frustum pedestrian detector on the left image and the pseudo-LiDAR points (module docstring).
+class PedestrianImageDetector(BaseNode):
+    """The pedestrian detector's image stage as a node: left image -> pedestrians' 2D boxes.
 
-    Inputs ``points`` (Ragged of (n, 3) camera-frame points), ``image`` ((N, H, W, 3) uint8 left
-    images) and ``calib`` ((N, 3, 4) P2); target ``labels``; output ``boxes``.
+    Input ``image`` ((N, H, W, 3) uint8); target ``labels``; output ``boxes_2d``, a Ragged of
+    ``(x1, y1, x2, y2, score)`` rows per image. Its per-sample loss is one number per ground-truth
+    pedestrian, ``1 - max_j IoU_2d(object, det_j) * score_j``; its metric is the share of moderate
+    pedestrians found (2D IoU > 0.5).
     """
 
-    object_class = PEDESTRIAN
-    input_kinds = {"points": "points", "image": "image", "calib": "calib"}
-    output_kinds = {"boxes": "boxes", "image_size": "array", "n_points": "array"}
+    input_kinds = {"image": "image"}
+    target_kinds = {"labels": "labels"}
+    output_kinds = {"boxes_2d": "boxes_2d"}
+    metric = "recall_2d_moderate"
+    higher_is_better = True
     version = "1"
 
     def __init__(self, *, width_2d: int = 24, epochs_2d: int = 10, lr_2d: float = 2e-3,
-                 batch_size_2d: int = 8, width_3d: int = 32, epochs_3d: int = 15, lr_3d: float = 2e-3,
-                 batch_size_3d: int = 32, n_points: int = 128, jitter: float = 0.1,
-                 copies_per_object: int = 2, max_range: float = 60.0, max_detections: int = 20,
-                 score_threshold: float = 0.1, nms_iou: float = 0.5, min_frustum_points: int = 5,
-                 weight_decay: float = 1e-4, flip: bool = True, device: str = "auto"):
+                 batch_size_2d: int = 8, max_detections: int = 20, score_threshold: float = 0.1,
+                 nms_iou: float = 0.5, weight_decay: float = 1e-4, flip: bool = True, device: str = "auto"):
         self.width_2d = width_2d
         self.epochs_2d = epochs_2d
         self.lr_2d = lr_2d
         self.batch_size_2d = batch_size_2d
-        self.width_3d = width_3d
-        self.epochs_3d = epochs_3d
-        self.lr_3d = lr_3d
-        self.batch_size_3d = batch_size_3d
-        self.n_points = n_points
-        self.jitter = jitter
-        self.copies_per_object = copies_per_object
-        self.max_range = max_range
         self.max_detections = max_detections
         self.score_threshold = score_threshold
         self.nms_iou = nms_iou
-        self.min_frustum_points = min_frustum_points
         self.weight_decay = weight_decay
         self.flip = flip
         self.device = device
 
-    # -- 2D detector -----------------------------------------------------------------------
+    # -- training and detection ----------------------------------------------------------------
     def _targets_2d(self, labels: list[np.ndarray], flips: np.ndarray, shape: tuple[int, int]):
         h, w = shape[0] // STRIDE, shape[1] // STRIDE
         b = len(labels)
@@ -271,7 +265,8 @@ class PedestrianDetector(DetectorNode):
                 total += loss.item() * len(idx)
             history.append(total / n)
         self.train_loss_2d_ = np.asarray(history)
-        return net.cpu().eval()
+        self.net_ = net.cpu().eval()
+        return self.net_
 
     @torch.no_grad()
     def _detect_2d(self, images: np.ndarray) -> list[np.ndarray]:
@@ -293,6 +288,122 @@ class PedestrianDetector(DetectorNode):
                 s = scores[b][keep].numpy().astype(np.float64)
                 out.append(_nms_2d(boxes, s, self.nms_iou))
         return out
+
+    # -- the node contract -----------------------------------------------------------------
+    def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *, seed: int) -> "PedestrianImageDetector":
+        images = _check_images(inputs["image"])
+        labels = check_labels(targets["labels"], len(images))
+        lv = np.asarray(labels.values).reshape(-1, len(LABEL_COLUMNS))
+        if not np.any(lv[:, L["cls"]] == PEDESTRIAN):
+            raise ValueError("PedestrianImageDetector.fit: the training labels hold no Pedestrian rows")
+        self._fit_2d(images, labels, seed, resolve_device(self.device))
+        return self
+
+    def check_is_fitted(self) -> None:
+        if not hasattr(self, "net_"):
+            raise NotFittedError("PedestrianImageDetector is not fitted; call fit first")
+
+    def predict(self, inputs: Mapping[str, Any]) -> dict[str, Any]:
+        self.check_is_fitted()
+        return {"boxes_2d": Ragged.from_list(self._detect_2d(_check_images(inputs["image"])), width=5)}
+
+    def loss(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> np.ndarray:
+        """One loss per ground-truth pedestrian (label-row order): ``1 - max IoU_2d x score``."""
+        dets = predictions["boxes_2d"]
+        labels = check_labels(targets["labels"], len(dets))
+        out = []
+        for i, lab in enumerate(labels):
+            g = np.asarray(lab, dtype=np.float64)
+            g = g[g[:, L["cls"]] == PEDESTRIAN] if len(g) else g.reshape(0, len(LABEL_COLUMNS))
+            d = np.asarray(dets[i], dtype=np.float64).reshape(-1, 5)
+            if not len(g):
+                continue
+            if not len(d):
+                out.append(np.ones(len(g)))
+                continue
+            q = bx.box2d_overlap(g[:, 8:12], d[:, :4]) * d[None, :, 4]
+            out.append(1.0 - q.max(axis=1))
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def score(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, float]:
+        """Recall of moderate pedestrians at 2D IoU > 0.5, and detections per image."""
+        dets = predictions["boxes_2d"]
+        labels = check_labels(targets["labels"], len(dets))
+        hit = total = 0
+        for i, lab in enumerate(labels):
+            g = np.asarray(lab, dtype=np.float64).reshape(-1, len(LABEL_COLUMNS))
+            g = g[(g[:, L["cls"]] == PEDESTRIAN) & (g[:, L["difficulty"]] >= 0) & (g[:, L["difficulty"]] <= 1)]
+            d = np.asarray(dets[i], dtype=np.float64).reshape(-1, 5)
+            total += len(g)
+            if len(g) and len(d):
+                hit += int((bx.box2d_overlap(g[:, 8:12], d[:, :4]).max(axis=1) > 0.5).sum())
+        return {"recall_2d_moderate": hit / total if total else float("nan"),
+                "detections_per_image": float(len(dets.values)) / max(len(dets), 1)}
+
+    def state_dict(self) -> dict[str, Any]:
+        self.check_is_fitted()
+        state = {f"net.{k}": v.detach().cpu().clone() for k, v in self.net_.state_dict().items()}
+        state["train_loss_2d_"] = np.asarray(self.train_loss_2d_, dtype=np.float64)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> "PedestrianImageDetector":
+        net = ImageNet2D(self.width_2d)
+        net.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in state.items() if k.startswith("net.")})
+        self.net_ = net.eval()
+        self.train_loss_2d_ = np.asarray(state["train_loss_2d_"], dtype=np.float64)
+        return self
+
+
+def _check_images(images: Any) -> np.ndarray:
+    """``images`` as an (N, H, W, 3) uint8 array whose sides fit the 2D detector's stride."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+        raise ValueError(f"image must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+    if images.shape[1] % STRIDE or images.shape[2] % STRIDE:
+        raise ValueError(f"image height and width must be multiples of {STRIDE}, got {images.shape[1:3]}")
+    return images
+
+
+class PedestrianDetector(DetectorNode):
+    """Frustum pedestrian detector on the left image and the pseudo-LiDAR points (module docstring).
+
+    Inputs ``points`` (Ragged of (n, 3) camera-frame points), ``image`` ((N, H, W, 3) uint8 left
+    images) and ``calib`` ((N, 3, 4) P2); target ``labels``; output ``boxes``. With the optional
+    input ``boxes_2d`` (a :class:`PedestrianImageDetector`'s output) the frustums come from those
+    2D boxes and the detector trains no image stage of its own (its ``*_2d`` parameters unused).
+    """
+
+    object_class = PEDESTRIAN
+    input_kinds = {"points": "points", "image": "image", "calib": "calib", "boxes_2d": "boxes_2d"}
+    optional_inputs = ("boxes_2d",)
+    output_kinds = {"boxes": "boxes", "image_size": "array", "n_points": "array"}
+    version = "2"
+
+    def __init__(self, *, width_2d: int = 24, epochs_2d: int = 10, lr_2d: float = 2e-3,
+                 batch_size_2d: int = 8, width_3d: int = 32, epochs_3d: int = 15, lr_3d: float = 2e-3,
+                 batch_size_3d: int = 32, n_points: int = 128, jitter: float = 0.1,
+                 copies_per_object: int = 2, max_range: float = 60.0, max_detections: int = 20,
+                 score_threshold: float = 0.1, nms_iou: float = 0.5, min_frustum_points: int = 5,
+                 weight_decay: float = 1e-4, flip: bool = True, device: str = "auto"):
+        self.width_2d = width_2d
+        self.epochs_2d = epochs_2d
+        self.lr_2d = lr_2d
+        self.batch_size_2d = batch_size_2d
+        self.width_3d = width_3d
+        self.epochs_3d = epochs_3d
+        self.lr_3d = lr_3d
+        self.batch_size_3d = batch_size_3d
+        self.n_points = n_points
+        self.jitter = jitter
+        self.copies_per_object = copies_per_object
+        self.max_range = max_range
+        self.max_detections = max_detections
+        self.score_threshold = score_threshold
+        self.nms_iou = nms_iou
+        self.min_frustum_points = min_frustum_points
+        self.weight_decay = weight_decay
+        self.flip = flip
+        self.device = device
 
     # -- frustum PointNet ------------------------------------------------------------------
     def _frustum_training_set(self, points: Ragged, labels: Ragged, P: np.ndarray,
@@ -371,17 +482,29 @@ class PedestrianDetector(DetectorNode):
         return net.cpu().eval()
 
     # -- the node contract -----------------------------------------------------------------
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "frustum_net_"):
+            raise NotFittedError("PedestrianDetector is not fitted; call fit first")
+
     def _check_inputs(self, inputs: Mapping[str, Any]) -> tuple[Ragged, np.ndarray, np.ndarray]:
         points = check_points(inputs["points"])
-        images = np.asarray(inputs["image"])
-        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-            raise ValueError(f"image must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
+        images = _check_images(inputs["image"])
         if len(images) != len(points):
             raise ValueError(f"image has {len(images)} images but points has {len(points)}")
-        if images.shape[1] % STRIDE or images.shape[2] % STRIDE:
-            raise ValueError(f"image height and width must be multiples of {STRIDE}, got {images.shape[1:3]}")
+        boxes_2d = inputs.get("boxes_2d")
+        if boxes_2d is not None and (not isinstance(boxes_2d, Ragged) or len(boxes_2d) != len(points)):
+            raise ValueError(f"boxes_2d must be a Ragged of (x1, y1, x2, y2, score) rows for each of the "
+                             f"{len(points)} images, got {type(boxes_2d).__name__} of length {len(boxes_2d)}")
         P = check_calib(inputs["calib"], len(points))
         return points, images, P
+
+    def _image_stage(self) -> PedestrianImageDetector:
+        """The built-in image stage, configured from this detector's ``*_2d`` parameters."""
+        return PedestrianImageDetector(
+            width_2d=self.width_2d, epochs_2d=self.epochs_2d, lr_2d=self.lr_2d,
+            batch_size_2d=self.batch_size_2d, max_detections=self.max_detections,
+            score_threshold=self.score_threshold, nms_iou=self.nms_iou,
+            weight_decay=self.weight_decay, flip=self.flip, device=self.device)
 
     def _in_range(self, points: Ragged) -> list[np.ndarray]:
         out = []
@@ -399,11 +522,12 @@ class PedestrianDetector(DetectorNode):
             raise ValueError("PedestrianDetector.fit: the training labels hold no Pedestrian rows")
         self.mean_size_ = peds[:, [L["h"], L["w"], L["l"]]].mean(axis=0)
         dev = resolve_device(self.device)
-        net2d = self._fit_2d(images, labels, seed, dev)
+        self.image_stage_ = None
+        if inputs.get("boxes_2d") is None:
+            self.image_stage_ = self._image_stage()
+            self.image_stage_._fit_2d(images, labels, seed, dev)
         clouds = Ragged.from_list(self._in_range(points), width=3)
-        net3d = self._fit_3d(clouds, labels, P, seed, dev)
-        self.net_ = net2d
-        self.frustum_net_ = net3d
+        self.frustum_net_ = self._fit_3d(clouds, labels, P, seed, dev)
         return self
 
     @torch.no_grad()
@@ -415,7 +539,13 @@ class PedestrianDetector(DetectorNode):
         if np.any(n_points == 0):
             log.warning("PedestrianDetector: %d of %d clouds have no point in range (no detections there)",
                         int((n_points == 0).sum()), len(n_points))
-        dets2d = self._detect_2d(images)
+        if inputs.get("boxes_2d") is not None:
+            dets2d = [np.asarray(b, dtype=np.float64).reshape(-1, 5) for b in inputs["boxes_2d"]]
+        elif self.image_stage_ is not None:
+            dets2d = self.image_stage_._detect_2d(images)
+        else:
+            raise ValueError("PedestrianDetector was fitted with boxes_2d from an image detector node; "
+                             "predict needs them too (wire 'boxes_2d')")
         rng = np.random.default_rng(0)        # fixed: the same inputs give the same boxes
         image_size = np.tile(np.asarray(images.shape[1:3], dtype=np.int64), (len(images), 1))
         frustums, owners, scores = [], [], []
@@ -453,23 +583,21 @@ class PedestrianDetector(DetectorNode):
 
     def state_dict(self) -> dict[str, Any]:
         self._require_fitted()
-        state = {f"net.{k}": v.detach().cpu().clone() for k, v in self.net_.state_dict().items()}
-        state.update({f"frustum.{k}": v.detach().cpu().clone() for k, v in self.frustum_net_.state_dict().items()})
+        state = {f"frustum.{k}": v.detach().cpu().clone() for k, v in self.frustum_net_.state_dict().items()}
+        if self.image_stage_ is not None:
+            state.update(self.image_stage_.state_dict())
         state["mean_size_"] = np.asarray(self.mean_size_, dtype=np.float64)
-        state["train_loss_2d_"] = np.asarray(self.train_loss_2d_, dtype=np.float64)
         state["train_loss_3d_"] = np.asarray(self.train_loss_3d_, dtype=np.float64)
         state["n_frustums_"] = np.asarray(self.n_frustums_)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> "PedestrianDetector":
-        net = ImageNet2D(self.width_2d)
-        net.load_state_dict({k[4:]: torch.as_tensor(v) for k, v in state.items() if k.startswith("net.")})
         fnet = FrustumNet(self.width_3d)
         fnet.load_state_dict({k[8:]: torch.as_tensor(v) for k, v in state.items() if k.startswith("frustum.")})
-        self.net_ = net.eval()
         self.frustum_net_ = fnet.eval()
+        self.image_stage_ = (self._image_stage().load_state_dict(state)
+                             if any(k.startswith("net.") for k in state) else None)
         self.mean_size_ = np.asarray(state["mean_size_"], dtype=np.float64)
-        self.train_loss_2d_ = np.asarray(state["train_loss_2d_"], dtype=np.float64)
         self.train_loss_3d_ = np.asarray(state["train_loss_3d_"], dtype=np.float64)
         self.n_frustums_ = int(np.asarray(state["n_frustums_"]))
         return self
