@@ -269,6 +269,12 @@ def _use_oracle(est: Estimators, system: System, downstream: str, ups: Sequence[
     if est.l_star == "source":
         return False
     covered = _oracle_covers(est, system, downstream, ups)
+    if est.l_star == "auto" and est.oracle and not covered:
+        missing = sorted(r for r in system.specs[downstream].inputs.values()
+                         if parse_ref(r)[0] in ups and r not in est.oracle)
+        raise DecompositionError(f"node {downstream!r}: estimators field 'oracle' gives no ground truth for "
+                                 f"{missing} (read from upstreams {list(ups)}); map them too, or name the "
+                                 f"upstreams to decompose over with 'upstreams'")
     if est.l_star == "oracle" and not covered:
         raise DecompositionError(f"estimators field 'oracle' must give ground truth for every input of "
                                  f"{downstream!r} read from {list(ups)}")
@@ -515,10 +521,14 @@ def explain(report: Mapping[str, Any]) -> str:
     changed = " and ".join(repr(u) for u in report["changed"])
     worse = total["mean"] > 0
     verb = "made" if report.get("self_defeating") else "changed"
+    noise = total["ci"][0] <= 0 <= total["ci"][1]   # the interval holds no change: say so first
     head = (f"Improving {changed} {verb} {report['downstream']!r} "
             f"{'worse' if worse else 'better'}: its {report['loss']} "
             f"{'rose' if worse else 'fell'} by {total['mean']:+.4g} "
             f"[{total['ci'][0]:+.3g}, {total['ci'][1]:+.3g}]")
+    if noise:
+        head = (f"Improving {changed} did not change {report['downstream']!r} beyond noise: its "
+                f"{report['loss']} moved by {total['mean']:+.4g} [{total['ci'][0]:+.3g}, {total['ci'][1]:+.3g}]")
     label = f"upstream error of {term.split(':', 1)[1]!r}" if term.startswith("upstream:") else f"{mech} error"
     why = WHY[mech] if worse else {
         "upstream": "the upstream's new output carries more of the information the downstream needs",
