@@ -20,13 +20,12 @@ def store(tmp_path):
     return Store(tmp_path / "store")
 
 
-@pytest.fixture
-def compose_cfg(tmp_path):
-    """compose_cfg(*overrides) -> a composed experiment config writing into tmp_path/run."""
+def _composer(default_dir: Path):
+    """compose(*overrides, run_dir=None) -> a composed experiment config writing into run_dir."""
     from hydra import compose, initialize_config_dir
 
     def _compose(*overrides: str, run_dir: Path | None = None):
-        run_dir = run_dir or tmp_path / "run"
+        run_dir = run_dir or default_dir / "run"
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import open_dict
 
@@ -40,3 +39,15 @@ def compose_cfg(tmp_path):
         return cfg
 
     return _compose
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(*overrides) -> a composed experiment config writing into tmp_path/run."""
+    return _composer(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def compose_cfg_module(tmp_path_factory):
+    """compose_cfg for module-scoped fixtures (one expensive run shared by a module's tests)."""
+    return _composer(tmp_path_factory.mktemp("cfg"))

@@ -89,6 +89,52 @@ def near_far_deltas(study_report: Mapping[str, Any], old_metrics: list[dict], ne
     return out
 
 
+def flips(study, the_seeds: list[int], outcomes: Mapping[str, Any], direction_node: str = "pedestrian",
+          attribute_source: str = "world") -> dict[str, Any]:
+    """Churn of every node (depth-loss vs disparity-loss, against seed-to-seed churn) and the
+    failure direction of the ``direction_node``'s negative flips on the world's object attributes.
+
+    A detector's item is a ground-truth object, correct when its per-object loss is at most the
+    outcome threshold; the direction pools (object, seed) pairs the disparity-loss system got
+    right and asks which of them the depth-loss system lost (out-of-fold, so unbiased).
+    """
+    from entangle.analysis.churn import version_churn
+    from entangle.analysis.directions import TooFewErrorsError, describe, fit_flip_direction
+    from entangle.analysis.stability import OutcomeSpec
+    from entangle.data.world_attributes import world_attributes
+
+    specs = {name: OutcomeSpec.from_config(c, where=f"flips.outcomes.{name}") for name, c in outcomes.items()}
+    out: dict[str, Any] = {"churn": version_churn(study, nodes=list(specs), specs=specs)}
+    split = study.old.eval_split
+    spec = specs.get(direction_node)
+    if spec is None or spec.threshold is None:
+        return out
+    world = study.old_runs[the_seeds[0]].values(attribute_source, split)
+    block = world_attributes(world["left"], world["labels"], world.get("object_attributes"),
+                             nodes={direction_node: "Pedestrian" if direction_node == "pedestrian" else "Car"})
+    table = {k: np.asarray(v, dtype=np.float64) for k, v in block[direction_node].items()}
+    names = [k for k, v in table.items() if len(v) and np.all(np.isfinite(v)) and np.std(v) > 0]
+    A = np.stack([table[k] for k in names], axis=1) if names else np.zeros((0, 0))
+    old_err = np.concatenate([study.old_runs[s].losses(direction_node, split) > spec.threshold for s in the_seeds])
+    new_err = np.concatenate([study.new_runs[s].losses(direction_node, split) > spec.threshold for s in the_seeds])
+    X = np.tile(A, (len(the_seeds), 1))
+    entry: dict[str, Any] = {"node": direction_node, "threshold": spec.threshold, "attributes": names,
+                             "n_items": int(len(old_err)), "n_old_correct": int((~old_err).sum()),
+                             "n_negative_flips": int((~old_err & new_err).sum()),
+                             "n_positive_flips": int((old_err & ~new_err).sum())}
+    try:
+        d, rows = fit_flip_direction(X, old_err, new_err, seed=0)
+    except TooFewErrorsError as err:
+        entry["skipped"] = str(err)
+        log.info("negative-flip direction of %s not fitted: %s", direction_node, err)
+    else:
+        entry.update(d.summary())
+        entry["direction"] = dict(zip(names, d.direction.tolist()))
+        entry["aligned_with"] = describe(d.oof_scores, X[rows], names)
+    out["flip_direction"] = entry
+    return out
+
+
 def decompose_detectors(study, decomposition: Any, the_seeds: list[int], store) -> dict[str, Any]:
     """Decompose each detector's risk change named in the ``decomposition`` block (flagged or not)."""
     from entangle.decompose import decompose_change, estimators_by_node
@@ -121,7 +167,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store = make_store(cfg)
     executor = make_executor(cfg)
     the_seeds = study_seeds(cfg)
-    decomposition = cfg.get("decomposition") if block.get("decompose", cfg.get("decompose", True)) else None
+    decomposition = None
+    if block.get("decompose", cfg.get("decompose", True)):   # a profile may resize the references
+        decomposition = OmegaConf.merge(cfg.get("decomposition") or {}, block.get("decomposition") or {})
     log.info("case study: %s -> %s over seeds %s", OmegaConf.select(cfg, f"pipeline.nodes.{changed}.objective"),
              cfg.change.set.get("objective"), the_seeds)
     study = compare(old, new, the_seeds, store, changed=changed, executor=executor)
@@ -130,17 +178,24 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         report["decomposition"] = decompose_detectors(study, decomposition, the_seeds, store)
         study.report["decomposition"] = report["decomposition"]
 
+    if cfg.get("flips"):
+        report["flips"] = flips(study, the_seeds, OmegaConf.to_container(cfg.flips.outcomes, resolve=True))
+
     # references: the same system with the stereo node replaced, every detector retrained
+    # (a profile may run them on the first `reference_seeds` seeds only: they are context, not the
+    # study, and each costs a full set of detector fits per seed)
     refs_cfg = OmegaConf.to_container(cfg.get("references") or {}, resolve=True)
+    n_ref = block.get("reference_seeds")
+    ref_seeds = the_seeds[:int(n_ref)] if n_ref else list(the_seeds)
     references: dict[str, Any] = {}
     ref_runs: dict[str, dict] = {}
     for name, node_cfg in refs_cfg.items():
         system = reference_system(old, changed, node_cfg)
-        runs = executor.run(system, the_seeds, store)
+        runs = executor.run(system, ref_seeds, store)
         ref_runs[name] = runs
         references[name] = {
-            node: {"metric": system.specs[node].node.metric,
-                   **_mean_sd([runs[s].metrics(node)[system.specs[node].node.metric] for s in the_seeds])}
+            node: {"metric": system.specs[node].node.metric, "seeds": ref_seeds,
+                   **_mean_sd([runs[s].metrics(node)[system.specs[node].node.metric] for s in ref_seeds])}
             for node in (changed, *DETECTORS)}
     report["references"] = references
     report["store"] = {**report["store"], "hits": store.stats.hits, "misses": store.stats.misses}
@@ -149,7 +204,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     stereo_metrics = {"disparity loss": [study.old_runs[s].metrics(changed) for s in the_seeds],
                       "depth loss": [study.new_runs[s].metrics(changed) for s in the_seeds]}
     for name, runs in ref_runs.items():
-        stereo_metrics[name] = [runs[s].metrics(changed) for s in the_seeds]
+        stereo_metrics[name] = [runs[s].metrics(changed) for s in ref_seeds]
     bins = depth_bins(stereo_metrics)
     report["depth_by_distance"] = bins
     report["depth_loss_vs_disparity_loss"] = near_far_deltas(
@@ -166,7 +221,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             ap[det][key] = {"label": label, "old": o, "new": n, "delta_mean": pd.mean,
                             "delta_ci": list(pd.ci), "verdict": pd.verdict,
                             "references": {r: float(np.nanmean([runs[s].metrics(det).get(key, np.nan)
-                                                                for s in the_seeds]))
+                                                                for s in ref_seeds]))
                                            for r, runs in ref_runs.items()}}
     report["ap"] = ap
 
@@ -213,7 +268,8 @@ def results_markdown(report: Mapping[str, Any], cfg: DictConfig) -> str:
         lines.append(f"| {name} | {r['metric']} {arrow} | {_fmt(np.mean(r['old']))} | {_fmt(np.mean(r['new']))} | "
                      f"{r['delta_mean']:+.3f} [{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}] | {r['verdict']} |")
     flags = ", ".join(f"{f['upstream']} → {f['downstream']}" for f in report["self_defeating"]) or "none"
-    lines += ["", f"Self-defeating pairs: **{flags}**.", "", "## References (mean ± sd over seeds)", "",
+    lines += ["", f"Self-defeating pairs: **{flags}**.", "",
+              f"## References (mean ± sd over seeds {next(iter(report.get('references', {}).values()), {}).get('stereo', {}).get('seeds', '')})", "",
               "| system | " + " | ".join(["stereo depth_mae (m)", "car BEV AP mod.", "pedestrian BEV AP mod."]) + " |",
               "|---|---|---|---|"]
     for name, r in report.get("references", {}).items():
@@ -232,11 +288,42 @@ def results_markdown(report: Mapping[str, Any], cfg: DictConfig) -> str:
         for key, r in rows.items():
             lines.append(f"| {det} | {r['label']} | {_fmt(np.nanmean(r['old']))} | {_fmt(np.nanmean(r['new']))} | "
                          f"{r['delta_mean']:+.3f} [{r['delta_ci'][0]:+.3f}, {r['delta_ci'][1]:+.3f}] | {r['verdict']} |")
-    if report.get("explanations") or report.get("decomposition"):
-        lines += ["", "## Decomposition of the detectors' risk changes", ""]
-        for flag in report["self_defeating"]:
-            if flag.get("explanation"):
-                lines.append(f"- {flag['upstream']} → {flag['downstream']}: {flag['explanation']}")
+    if report.get("decomposition"):
+        lines += ["", "## Decomposition of the detectors' risk changes (per-object loss, new − old)", "",
+                  "| detector | total | upstream | approximation | estimation |", "|---|---|---|---|---|"]
+        for det, d in report["decomposition"].items():
+            cells = [f"{d['deltas'][t]['mean']:+.4f} [{d['deltas'][t]['ci'][0]:+.4f}, {d['deltas'][t]['ci'][1]:+.4f}]"
+                     for t in ("total", "upstream", "approximation", "estimation")]
+            lines.append(f"| {det} | " + " | ".join(cells) + " |")
+        lines.append("")
+        lines += [f"- {det}: {d['sentence']}" for det, d in report["decomposition"].items()]
+    churn = report.get("flips", {}).get("churn", {}).get("nodes", {})
+    if churn:
+        lines += ["", "## Churn: depth loss vs disparity loss (same seed) against seed-to-seed", "",
+                  "Share of items (images for stereo, ground-truth objects for detectors) whose outcome "
+                  "flips; nfr: right before, wrong after.", "",
+                  "| node | version churn | version nfr | seed churn (old) | seed nfr (old) | nfr − seed nfr |",
+                  "|---|---|---|---|---|---|"]
+        for name, c in churn.items():
+            d = c.get("version_minus_seed", {}).get("nfr", {})
+            lines.append(f"| {name} | {_fmt(c['version']['churn']['mean'])} | {_fmt(c['version']['nfr']['mean'])} | "
+                         f"{_fmt(c['seed_old']['churn']['mean'])} | {_fmt(c['seed_old']['nfr']['mean'])} | "
+                         f"{d.get('mean', float('nan')):+.3f} [{_fmt(d.get('ci', [None])[0])}, "
+                         f"{_fmt(d.get('ci', [None, None])[1])}] {d.get('verdict', '')} |")
+    fd = report.get("flips", {}).get("flip_direction")
+    if fd:
+        lines += ["", f"## What the {fd['node']} negative flips share", "",
+                  f"{fd['n_negative_flips']} negative and {fd['n_positive_flips']} positive flips among "
+                  f"{fd['n_old_correct']} (object, seed) pairs the disparity-loss system got right."]
+        if fd.get("skipped"):
+            lines.append(f"No failure direction: {fd['skipped']}.")
+        else:
+            lines += [f"Failure direction (linear SVM on the world's object attributes): out-of-fold AUROC "
+                      f"{_fmt(fd['cv_auroc'])}. Attributes it aligns with (Spearman ρ with the score; mean in "
+                      "the top 10 % vs all):", "", "| attribute | ρ | mean, top 10 % | mean, all |", "|---|---|---|---|"]
+            for row in fd["aligned_with"][:6]:
+                lines.append(f"| {row['attribute']} | {row['spearman']:+.2f} | {_fmt(row['mean_top'], 2)} | "
+                             f"{_fmt(row['mean_all'], 2)} |")
     lines += ["", "## The paper's result, side by side", "",
               "| | paper (KITTI, PSMNet, PointRCNN / F-PointNet) | here |", "|---|---|---|",
               f"| depth loss vs disparity loss, far depth | better | {nf.get('far', {}).get('better', '–')} |",

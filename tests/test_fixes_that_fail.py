@@ -1,0 +1,91 @@
+"""The case study end to end at profile=quick: the report contract, figures, RESULTS.md, reruns.
+
+The numbers of a quick run are meaningless (a few scenes, one epoch); what is tested is that every
+part of the experiment runs and lands where the issue says, and that a rerun is served from the
+store.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from entangle.cli import run
+
+NODES = ("stereo", "car", "pedestrian")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, compose_cfg_module):
+    tmp = tmp_path_factory.mktemp("ftf")
+    store = f"store.root={tmp / 'store'}"
+    first = run(compose_cfg_module("experiment=fixes_that_fail", "profile=quick", store, run_dir=tmp / "r1"))
+    return tmp, store, first
+
+
+def test_report_contract(quick):
+    tmp, _, report = quick
+    on_disk = json.loads((tmp / "r1" / "report.json").read_text())
+    assert on_disk["changed"] == "stereo" and on_disk["seeds"] == [0, 1, 2]
+    for name in NODES:
+        node = on_disk["nodes"][name]
+        assert len(node["old"]) == len(node["new"]) == 3
+        assert node["verdict"] in {"improved", "worse", "noise"}
+    assert on_disk["nodes"]["stereo"]["metric"] == "depth_mae"
+    assert on_disk["nodes"]["car"]["metric"] == on_disk["nodes"]["pedestrian"]["metric"] == "bev_ap_moderate"
+    # references: oracle has zero depth error; both carry every node
+    assert set(on_disk["references"]) == {"oracle", "sgbm"}
+    assert on_disk["references"]["oracle"]["stereo"]["mean"] == 0.0
+    assert on_disk["references"]["sgbm"]["stereo"]["mean"] > 0.0
+    # depth error per distance bin for both losses and the references, and the paired deltas
+    systems = on_disk["depth_by_distance"]["systems"]
+    assert set(systems) == {"disparity loss", "depth loss", "oracle", "sgbm"}
+    assert on_disk["depth_by_distance"]["bins"][0] == "0-10"
+    assert {"near", "far"} <= set(on_disk["depth_loss_vs_disparity_loss"])
+    # AP tables: strict, loose, 11-point and near for both detectors
+    for det in ("car", "pedestrian"):
+        assert {"bev_ap40_strict_moderate", "bev_ap40_loose_moderate", "bev_ap11_strict_moderate",
+                "bev_ap40_strict_near", "3d_ap40_strict_moderate"} <= set(on_disk["ap"][det])
+    # the decomposition of both detectors' risk changes
+    for det in ("car", "pedestrian"):
+        terms = on_disk["decomposition"][det]
+        assert "sentence" in terms and terms["sentence"]
+    # churn: depth loss vs disparity loss against seed-to-seed, per node; the pedestrian's
+    # negative flips get a failure direction (or say why not)
+    assert set(on_disk["flips"]["churn"]["nodes"]) == set(NODES)
+    for name in NODES:
+        assert {"version", "seed_old", "seed_new"} <= set(on_disk["flips"]["churn"]["nodes"][name])
+    direction = on_disk["flips"]["flip_direction"]
+    assert direction["node"] == "pedestrian" and ("aligned_with" in direction or direction["skipped"])
+    assert on_disk["store"]["misses"] == report["store"]["misses"] > 0
+
+
+def test_figures_and_results_table(quick):
+    tmp, _, report = quick
+    run_dir = tmp / "r1"
+    for fig in ("depth_by_distance.png", "ap_old_vs_new.png", "system.png"):
+        assert fig in report["figures"] and (run_dir / fig).stat().st_size > 1000
+    assert any("decomposition" in f for f in report["figures"])
+    text = (run_dir / "RESULTS.md").read_text()
+    assert "python -m entangle experiment=fixes_that_fail profile=quick" in text
+    assert "| stereo | depth_mae" in text and "oracle" in text and "sgbm" in text
+
+
+def test_rerun_is_served_from_the_store(quick, compose_cfg_module):
+    tmp, store, first = quick
+    again = run(compose_cfg_module("experiment=fixes_that_fail", "profile=quick", store, run_dir=tmp / "r2"))
+    assert again["store"]["misses"] == 0 and again["store"]["hits"] > 0
+    assert again["nodes"] == first["nodes"]
+    assert again["references"] == first["references"]
+
+
+def test_fresh_store_gives_the_same_numbers(quick, compose_cfg_module, tmp_path):
+    """Determinism on CPU: the same command on an empty store reproduces every number."""
+    _, _, first = quick
+    fresh = run(compose_cfg_module("experiment=fixes_that_fail", "profile=quick",
+                                   f"store.root={tmp_path / 'fresh'}", run_dir=tmp_path / "r"))
+    assert fresh["store"]["misses"] == first["store"]["misses"]   # everything fitted again
+    assert fresh["nodes"] == first["nodes"]
+    assert fresh["references"] == first["references"]
+    assert fresh["decomposition"] == first["decomposition"]
