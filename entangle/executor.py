@@ -258,12 +258,17 @@ def stored_dependencies(system: System) -> dict[str, set[str]]:
     return {n: d for n, d in deps.items() if stores_predictions(system.specs[n].node)}
 
 
-def _fit_one(system: System, seed: int, name: str, root: str, threads: int) -> tuple[str, int, float]:
-    """Worker: fit one (node, seed) whose stored inputs exist, publish it; returns timing."""
+def _fit_one(system: System, seed: int, name: str, store: tuple, threads: int) -> tuple[str, int, float]:
+    """Worker: fit one (node, seed) whose stored inputs exist, publish it; returns timing.
+
+    ``store`` is ``(store class, reopen_args)``, so a worker opens the same store (both tiers of a
+    remote one) rather than pickling the parent's open handles.
+    """
     import torch
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    Run(system, seed, Store(root)).ensure(name)
+    cls, args = store
+    Run(system, seed, cls(*args)).ensure(name)
     return name, seed, time.perf_counter() - start
 
 
@@ -297,7 +302,8 @@ class _PoolExecutor:
             ready = [t for t, ups in todo.items() if not any(u in todo or u in running for u in ups)]
             for task in sorted(ready, key=lambda t: (t[1], system.topological_order().index(t[0]))):
                 del todo[task]
-                pending[self._submit(_fit_one, system, task[1], task[0], str(store.root), self.threads)] = task
+                pending[self._submit(_fit_one, system, task[1], task[0], (type(store), store.reopen_args()),
+                                     self.threads)] = task
             if not pending:
                 raise RuntimeError(f"scheduler stalled with tasks left: {sorted(todo)}")
             for fut in self._wait_any(list(pending)):

@@ -55,6 +55,10 @@ class RemoteStore(Store):
         self.remote = str(remote)
         self.fs, self._base = open_remote(self.remote)
 
+    def reopen_args(self) -> tuple:
+        """Local root and remote URL: a pool worker reopens the same two tiers."""
+        return (str(self.root), self.remote)
+
     def __repr__(self) -> str:
         return f"RemoteStore({str(self.root)!r}, {self.remote!r})"
 

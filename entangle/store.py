@@ -89,6 +89,10 @@ class Store:
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
 
+    def reopen_args(self) -> tuple:
+        """Constructor arguments that open this store again in another process (pool workers)."""
+        return (str(self.root),)
+
     # -- paths ------------------------------------------------------------------------------
     def path(self, key: str) -> Path:
         check_key(key)

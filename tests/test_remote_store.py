@@ -175,3 +175,17 @@ def test_study_on_a_second_machine_recomputes_nothing(compose_cfg, tmp_path, mon
         fsspec.filesystem("memory").rm(url, recursive=True)
     plain = compose_cfg("experiment=toy_pipeline", f"store.root={tmp_path / 's3'}")
     assert type(make_store(plain)) is Store  # store.remote defaults to null
+
+
+def test_process_pool_workers_upload_their_fits(compose_cfg, tmp_path, monkeypatch):
+    """Workers of executor=processes reopen both tiers: their fits reach the remote too."""
+    monkeypatch.delenv("ENTANGLE_STORE_REMOTE", raising=False)
+    from entangle.cli import run
+
+    url = (tmp_path / "remote").as_uri()            # file://: spawned workers share it
+    common = ("experiment=toy_pipeline", "profile=quick", "seeds=[0,1]", f"store.remote={url}")
+    first = run(compose_cfg(*common, "executor=processes", "executor.workers=2",
+                            f"store.root={tmp_path / 's1'}", run_dir=tmp_path / "r1"))
+    assert first["store"]["misses"] == 12
+    second = run(compose_cfg(*common, f"store.root={tmp_path / 's2'}", run_dir=tmp_path / "r2"))
+    assert second["store"]["misses"] == 0 and second["nodes"] == first["nodes"]
