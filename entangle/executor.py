@@ -241,6 +241,10 @@ class LocalExecutor:
         seeds = [int(s) for s in seeds]
         for seed in progress(seeds, desc="seeds", unit="seed", leave=False):
             runs[seed] = Run(system, seed, store).run_all()
+            # what the fits read (images, point clouds) is dropped once the seed is done: later
+            # reads come back from the store (memory-mapped) or are recomputed, so memory does not
+            # grow with the number of seeds and systems
+            runs[seed].release()
         return runs
 
 

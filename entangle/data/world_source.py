@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
@@ -54,8 +55,53 @@ def attribute_rows(attributes: Mapping[str, Any] | None, n: int) -> np.ndarray:
     return out
 
 
+#: per-pixel arrays: memory-mapped from the decoded cache (the rest is small and loaded whole)
+MAPPED = ("left", "right", "disparity", "depth")
+
+
 @lru_cache(maxsize=4)
 def _load_split(root: str, split: str, limit: int | None) -> dict[str, Any]:
+    """A split's arrays, decoded once into ``.npy`` files and memory-mapped from then on.
+
+    The first load decodes the PNGs and writes every output (atomically, under
+    ``datasets/generated/arrays/``); later loads map the per-pixel arrays read-only, so pages a
+    node does not read stay on disk and the rest can be evicted under memory pressure, and the
+    PNGs are not decoded again. The cache is named by the folder, split, limit and the split
+    list's modification time (real data edited in place gets a new cache).
+    """
+    listing = Path(root) / "ImageSets" / f"{split}.txt"
+    stamp = listing.stat().st_mtime_ns if listing.is_file() else 0
+    ds_id = hashlib.sha256(f"{Path(root).resolve()}|{split}|{limit}|{stamp}".encode()).hexdigest()[:16]
+    folder = GENERATED / "arrays" / ds_id
+    if not (folder / "done").is_file():
+        data = _decode_split(root, split, limit)
+        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name, value in data.items():
+            if isinstance(value, Ragged):
+                np.save(tmp / f"{name}.values.npy", value.values)
+                np.save(tmp / f"{name}.offsets.npy", value.offsets)
+            else:
+                np.save(tmp / f"{name}.npy", value)
+        (tmp / "done").write_text(json.dumps({"root": str(root), "split": split, "limit": limit,
+                                              "keys": sorted(data)}))
+        try:
+            tmp.rename(folder)
+        except OSError:            # another process published the same cache first: use theirs
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+        del data
+    keys = json.loads((folder / "done").read_text())["keys"]
+    out: dict[str, Any] = {}
+    for name in keys:
+        if (folder / f"{name}.npy").is_file():
+            out[name] = np.load(folder / f"{name}.npy", mmap_mode="r" if name in MAPPED else None)
+        else:
+            out[name] = Ragged(np.load(folder / f"{name}.values.npy"), np.load(folder / f"{name}.offsets.npy"))
+    return out
+
+
+def _decode_split(root: str, split: str, limit: int | None) -> dict[str, Any]:
     from entangle.data.kitti import KittiDataset
     ds = KittiDataset(root, split)
     n = len(ds) if limit is None else min(limit, len(ds))

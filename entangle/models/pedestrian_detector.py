@@ -76,7 +76,7 @@ class ImageNet2D(nn.Module):
 
 def _image_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [-0.5, 0.5]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
+    return torch.from_numpy(np.require(images, requirements=["C", "W"])).permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
 
 
 # --------------------------------------------------------------------------------------------
