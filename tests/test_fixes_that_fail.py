@@ -51,6 +51,11 @@ def test_report_contract(quick):
     for det in ("car", "pedestrian"):
         terms = on_disk["decomposition"][det]
         assert "sentence" in terms and terms["sentence"]
+    # depth error on the objects' own pixels: zero for the oracle, per class for every system
+    ode = on_disk["object_depth_error"]
+    assert set(ode) == {"disparity loss", "depth loss", "oracle", "sgbm"}
+    assert ode["oracle"]["car"]["median"] == 0.0 and ode["oracle"]["pedestrian"]["over_1m"] == 0.0
+    assert ode["sgbm"]["car"]["median"] > 0.0
     # churn: depth loss vs disparity loss against seed-to-seed, per node; the pedestrian's
     # negative flips get a failure direction (or say why not)
     assert set(on_disk["flips"]["churn"]["nodes"]) == set(NODES)
