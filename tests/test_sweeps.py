@@ -34,3 +34,24 @@ def test_multirun_records_failure_and_summarize_lists_it(tmp_path, compose_cfg, 
     # the store command sees what the sweep stored, and verifies it clean
     assert store_main(["verify", "--root", str(tmp_path / "s")]) == 0
     assert "0 problem(s)" in capsys.readouterr().out
+
+
+def test_sweeps_through_the_joblib_and_submitit_launchers(tmp_path):
+    """The same sweep through hydra-joblib-launcher (local processes) and hydra-submitit-launcher
+    (its local backend: the code path of a Slurm sweep without Slurm): a failing job is recorded
+    and the others finish."""
+    import pytest
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    for launcher, module, extra in (("joblib", "hydra_plugins.hydra_joblib_launcher", ["hydra.launcher.n_jobs=2"]),
+                                    ("submitit_local", "hydra_plugins.hydra_submitit_launcher",
+                                     ["hydra.launcher.timeout_min=10"])):
+        pytest.importorskip(module)
+        sweep = tmp_path / launcher
+        proc = subprocess.run(
+            [sys.executable, "-m", "entangle", "--multirun", "experiment=toy_pipeline", "profile=quick",
+             "seeds=[0,1]", f"store.root={tmp_path / 's'}", f"hydra.sweep.dir={sweep}",
+             f"hydra/launcher={launcher}", *extra, "change.set.estimator.alpha=1.0,-5.0"],
+            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        statuses = {json.loads((sweep / str(i) / "report.json").read_text()).get("status", "ok") for i in (0, 1)}
+        assert statuses == {"ok", "failed"}, launcher
