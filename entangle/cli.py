@@ -182,6 +182,11 @@ def main() -> None:
         sys.exit(store_main(sys.argv[2:]))
     if _help(sys.argv[1:]):
         return
+    if not Path(CONFIG_DIR).is_dir():
+        print(f"entangle: its configs are not at {CONFIG_DIR}: entangle runs from a checkout of "
+              "its repository, installed editable (`pip install -e .` in the clone), which keeps "
+              "conf/ beside the package", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

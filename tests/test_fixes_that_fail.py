@@ -94,3 +94,22 @@ def test_fresh_store_gives_the_same_numbers(quick, compose_cfg_module, tmp_path)
     assert fresh["nodes"] == first["nodes"]
     assert fresh["references"] == first["references"]
     assert fresh["decomposition"] == first["decomposition"]
+
+
+def test_case_study_report_in_chromium(quick):
+    """The case study's report.html in a real browser: no console errors, no request leaving the
+    file, every figure decoded, and the answer stated on the page (skips without Chromium)."""
+    from test_browser import LAUNCH_ARGS, chromium_path, open_and_check
+    sync_api = pytest.importorskip("playwright.sync_api")
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("no Chromium found: install the system package (apt-get install chromium)")
+    tmp, _, _ = quick
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=exe, args=LAUNCH_ARGS)
+        try:
+            facts = open_and_check(browser, tmp / "r1" / "report.html", "case_study.png")
+        finally:
+            browser.close()
+    assert len(facts["images"]) >= 4
+    assert "stereo" in facts["answer"] and "self-defeating" in facts["answer"]
