@@ -100,15 +100,16 @@ def flips(study, the_seeds: list[int], outcomes: Mapping[str, Any], direction_no
     """
     from entangle.analysis.churn import version_churn
     from entangle.analysis.directions import TooFewErrorsError, describe, fit_flip_direction
-    from entangle.analysis.stability import OutcomeSpec
+    from entangle.analysis.stability import OutcomeSpec, reference_spec
     from entangle.data.world_attributes import world_attributes
 
     specs = {name: OutcomeSpec.from_config(c, where=f"flips.outcomes.{name}") for name, c in outcomes.items()}
     out: dict[str, Any] = {"churn": version_churn(study, nodes=list(specs), specs=specs)}
     split = study.old.eval_split
-    spec = specs.get(direction_node)
-    if spec is None or spec.threshold is None:
+    if direction_node not in specs:
         return out
+    # the same outcome as the churn's: a threshold left open is the old system's median loss
+    spec = reference_spec(study.old_runs[the_seeds[0]], direction_node, split, specs[direction_node])
     world = study.old_runs[the_seeds[0]].values(attribute_source, split)
     block = world_attributes(world["left"], world["labels"], world.get("object_attributes"),
                              nodes={direction_node: "Pedestrian" if direction_node == "pedestrian" else "Car"})
