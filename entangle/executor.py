@@ -8,6 +8,8 @@ from it (a hit) and never refitted. Sources are loaded on demand and cheap plain
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from typing import Any, Iterable, Mapping
 
@@ -385,9 +387,13 @@ class RayExecutor(_PoolExecutor):
         except ImportError as err:
             raise RuntimeError("executor=ray needs Ray: pip install 'entangle[ray]'") from err
         if not ray.is_initialized():
+            # workers import node classes by module name; a local cluster's workers get this
+            # process's import path, so nodes defined in the user's own folder (or a test
+            # module) resolve there as they do here. A remote cluster needs them installed.
+            env = None if self.address else {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}}
             try:
                 ray.init(address=self.address, num_cpus=self.num_cpus, include_dashboard=False,
-                         log_to_driver=False)
+                         log_to_driver=False, runtime_env=env)
             except Exception as err:
                 where = self.address or "a new local cluster"
                 raise RuntimeError(f"could not connect Ray to {where}: {err}") from err
