@@ -83,7 +83,9 @@ class Estimators:
     Parameters
     ----------
     reference : the high-capacity reference learner for ``L*(u)`` and ``L*`` (its per-sample
-        loss must be the downstream's); None: :func:`default_reference` for the downstream.
+        loss must be the downstream's); None: :func:`default_reference` for the downstream;
+        ``"own"``: the downstream's own class and parameters (cheap — its large-split fits are
+        L_H(u)'s — but then the approximation term is 0 by construction, and the report says so).
     large_split : the split the reference and ``v``'s own class are fitted on (many samples of
         the upstream's outputs); it must be one of the system's splits.
     oracle : upstream output -> ground-truth output wired in its place for ``L*``, e.g.
@@ -96,7 +98,7 @@ class Estimators:
         reference alone (False).
     """
 
-    reference: BaseNode | None = None
+    reference: BaseNode | str | None = None
     large_split: str = "large"
     oracle: Mapping[str, str] | None = None
     l_star: str = "auto"
@@ -198,7 +200,12 @@ def _check(system: System, downstream: str, est: Estimators) -> tuple[list[str],
                                      f"(it reads {sorted(spec.inputs.values())})")
         if t_node not in system.specs:
             raise DecompositionError(f"estimators field 'oracle.{ref}': no node {t_node!r} for {truth!r}")
-    reference = est.reference if est.reference is not None else default_reference(spec.node)
+    if isinstance(est.reference, str) and est.reference == "own":   # v's own class and parameters
+        reference = spec.node.clone()
+    elif isinstance(est.reference, str):
+        raise DecompositionError(f"estimators field 'reference': a node config or 'own', got {est.reference!r}")
+    else:
+        reference = est.reference if est.reference is not None else default_reference(spec.node)
     if reference.metric != spec.node.metric:
         raise DecompositionError(
             f"the reference learner {type(reference).__name__} scores {reference.metric!r} but "

@@ -216,7 +216,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     study = compare(old, new, the_seeds, store, changed=changed, executor=executor)
     report: dict[str, Any] = dict(study.report)
     if decomposition:
-        report["decomposition"] = decompose_detectors(study, decomposition, the_seeds, store)
+        n_dec = block.get("decompose_seeds")
+        report["decomposition"] = decompose_detectors(study, decomposition,
+                                                      the_seeds[:int(n_dec)] if n_dec else the_seeds, store)
         study.report["decomposition"] = report["decomposition"]
 
     if cfg.get("flips"):
