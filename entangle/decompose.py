@@ -106,6 +106,8 @@ class Estimators:
     clip_reference: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.reference, str) and self.reference != "own":
+            raise DecompositionError(f"estimators field 'reference': a node config or 'own', got {self.reference!r}")
         if self.l_star not in ("auto", "oracle", "source"):
             raise DecompositionError(f"estimators field 'l_star': expected auto, oracle or source, "
                                      f"got {self.l_star!r}")
@@ -200,10 +202,8 @@ def _check(system: System, downstream: str, est: Estimators) -> tuple[list[str],
                                      f"(it reads {sorted(spec.inputs.values())})")
         if t_node not in system.specs:
             raise DecompositionError(f"estimators field 'oracle.{ref}': no node {t_node!r} for {truth!r}")
-    if isinstance(est.reference, str) and est.reference == "own":   # v's own class and parameters
+    if est.reference == "own":   # v's own class and parameters
         reference = spec.node.clone()
-    elif isinstance(est.reference, str):
-        raise DecompositionError(f"estimators field 'reference': a node config or 'own', got {est.reference!r}")
     else:
         reference = est.reference if est.reference is not None else default_reference(spec.node)
     if reference.metric != spec.node.metric:

@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import uuid
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from entangle.store import Store, StoreError, _file_sha, check_key, check_name, entry_digest
@@ -154,18 +153,6 @@ class RemoteStore(Store):
             raise
         log.info("downloaded %s", self._where(key))
         return published
-
-    def _publish(self, tmp: Path, key: str) -> bool:
-        final = self.path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if (final / "meta.json").is_file():  # a concurrent reader downloaded it first
-                shutil.rmtree(tmp, ignore_errors=True)
-                return False
-            raise
-        return True
 
     # -- writing --------------------------------------------------------------------------------
     def put(self, key: str, *, meta: Mapping[str, Any], state: Mapping[str, Any] | None = None,

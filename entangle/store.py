@@ -177,21 +177,27 @@ class Store:
             full_meta.update({"key": key, "arrays": layout, "state": state_layout, "files": files,
                               "created": time.time()})
             (tmp / "meta.json").write_text(json.dumps(full_meta, indent=1, sort_keys=True))
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if (final / "meta.json").is_file():  # a concurrent writer won: same content
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return False
-                raise
-            return True
+            return self._publish(tmp, key)
         except OSError as err:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(f"could not write store entry {key[:12]} under {self.root}: {err}") from err
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+    def _publish(self, tmp: Path, key: str) -> bool:
+        """Move a complete entry folder ``tmp`` into place atomically; False when another writer
+        (or a download) published the key first — same key, same content — and ``tmp`` is dropped."""
+        final = self.path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if (final / "meta.json").is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+            raise
+        return True
 
     @staticmethod
     def _write_state(folder: Path, state: Mapping[str, Any]) -> dict[str, str]:

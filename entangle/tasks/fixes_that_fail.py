@@ -100,7 +100,7 @@ def flips(study, the_seeds: list[int], outcomes: Mapping[str, Any], direction_no
     """
     from entangle.analysis.churn import version_churn
     from entangle.analysis.directions import TooFewErrorsError, describe, fit_flip_direction
-    from entangle.analysis.stability import OutcomeSpec, reference_spec
+    from entangle.analysis.stability import OutcomeSpec, reference_spec, run_outcomes
     from entangle.data.world_attributes import world_attributes
 
     specs = {name: OutcomeSpec.from_config(c, where=f"flips.outcomes.{name}") for name, c in outcomes.items()}
@@ -111,13 +111,14 @@ def flips(study, the_seeds: list[int], outcomes: Mapping[str, Any], direction_no
     # the same outcome as the churn's: a threshold left open is the old system's median loss
     spec = reference_spec(study.old_runs[the_seeds[0]], direction_node, split, specs[direction_node])
     world = study.old_runs[the_seeds[0]].values(attribute_source, split)
-    block = world_attributes(world["left"], world["labels"], world.get("object_attributes"),
-                             nodes={direction_node: "Pedestrian" if direction_node == "pedestrian" else "Car"})
+    block = world_attributes(world["left"], world["labels"], world.get("object_attributes"))
     table = {k: np.asarray(v, dtype=np.float64) for k, v in block[direction_node].items()}
     names = [k for k, v in table.items() if len(v) and np.all(np.isfinite(v)) and np.std(v) > 0]
     A = np.stack([table[k] for k in names], axis=1) if names else np.zeros((0, 0))
-    old_err = np.concatenate([study.old_runs[s].losses(direction_node, split) > spec.threshold for s in the_seeds])
-    new_err = np.concatenate([study.new_runs[s].losses(direction_node, split) > spec.threshold for s in the_seeds])
+    old_err = np.concatenate([~run_outcomes(study.old_runs[s], direction_node, split, spec).correct
+                              for s in the_seeds])
+    new_err = np.concatenate([~run_outcomes(study.new_runs[s], direction_node, split, spec).correct
+                              for s in the_seeds])
     X = np.tile(A, (len(the_seeds), 1))
     entry: dict[str, Any] = {"node": direction_node, "threshold": spec.threshold, "attributes": names,
                              "n_items": int(len(old_err)), "n_old_correct": int((~old_err).sum()),
