@@ -16,7 +16,7 @@ import hydra
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from entangle.tasks import output_dir, write_report
+from entangle.tasks import output_dir, prepare_output_dir, write_report
 
 log = logging.getLogger("entangle")
 
@@ -24,13 +24,20 @@ log = logging.getLogger("entangle")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+class TaskFailed(RuntimeError):
+    """A task finished and wrote its report, but its answer is a failure (``report["failed"]``:
+    a dataset check that found problems); the command exits 1."""
+
+
 def run(cfg: DictConfig) -> dict:
     """Run the experiment named by ``cfg.task``, write ``report.json`` and ``report.html``.
 
     Returns the report. A one-screen summary (the answer, verdicts, where the report is) is
-    logged at the end.
+    logged at the end. A report holding ``failed`` (a message) is written whole, then
+    :class:`TaskFailed` is raised, so the command exits non-zero.
     """
     task = get_method(str(cfg.task))
+    prepare_output_dir(cfg)
     start = time.perf_counter()
     report = task(cfg)
     report.setdefault("experiment", str(cfg.get("name")))
@@ -41,6 +48,8 @@ def run(cfg: DictConfig) -> dict:
     own = _task_summary(cfg, report)
     html = write_html_report(cfg, out, summary=own)
     _log_summary(path, html, own)
+    if report.get("failed"):
+        raise TaskFailed(f"{report['failed']} (report: {path})")
     return report
 
 
@@ -134,6 +143,9 @@ def _record_failure(cfg: DictConfig, err: BaseException) -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         run(cfg)
+    except TaskFailed as err:
+        print(f"entangle: error: {err}", file=sys.stderr)
+        sys.exit(1)
     except Exception as err:
         if _in_multirun():  # Hydra's launchers abort the whole sweep otherwise
             _record_failure(cfg, err)

@@ -105,11 +105,10 @@ def compare(old: System, new: System, seeds: Iterable[int], store: Store, *,
     or True for all of them with default estimators. Each flagged pair then carries ``dominant``
     and ``explanation`` (a sentence), and ``report["decomposition"]`` the full decompositions.
     """
-    from entangle.executor import LocalExecutor
+    from entangle.executor import LocalExecutor, check_seeds
 
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds must hold at least one seed")
+    seeds = check_seeds(seeds)
+    old, new = old.labelled(old.label or "old system"), new.labelled(new.label or "new system")
     if changed is None:
         found = infer_changed(old, new)
         if len(found) != 1:

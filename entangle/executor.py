@@ -8,6 +8,7 @@ from it (a hit) and never refitted. Sources are loaded on demand and cheap plain
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -16,10 +17,53 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from entangle.node import BaseNode, NodeError, Ragged
-from entangle.store import Store
-from entangle.system import System, parse_ref, stores_predictions
+from entangle.store import CorruptEntryError, Store
+from entangle.system import System, node_seed, parse_ref, stores_predictions
 
 log = logging.getLogger(__name__)
+
+
+def check_seeds(seeds: Any) -> list[int]:
+    """Seeds as a list of distinct non-negative ints; ``ValueError`` saying what is wrong otherwise.
+
+    Repeated seeds would enter a paired interval as independent pairs and shrink it; a float
+    would be truncated to another seed; so neither is coerced.
+    """
+    if seeds is None or isinstance(seeds, (str, bytes, int, float)) or not hasattr(seeds, "__iter__"):
+        raise ValueError(f"seeds must be a list of distinct non-negative integers, e.g. [0, 1, 2]; "
+                         f"got {seeds!r}")
+    seeds = list(seeds)
+    bad = [s for s in seeds if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)) or s < 0]
+    if bad or not seeds:
+        raise ValueError(f"seeds must be a non-empty list of distinct non-negative integers, e.g. "
+                         f"[0, 1, 2]; got {seeds!r}{f' ({bad[0]!r} is not)' if bad else ''}")
+    repeated = sorted({int(s) for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ValueError(f"seeds must be distinct (a repeated seed is not an independent run); "
+                         f"got {seeds!r}, where {repeated} repeat")
+    return [int(s) for s in seeds]
+
+
+def _length(value: Any) -> int | None:
+    """Samples in a node value (rows of an array or a Ragged); None for a scalar."""
+    if isinstance(value, Ragged):
+        return len(value)
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return int(shape[0]) if len(shape) else None
+    try:
+        return len(value)
+    except TypeError:
+        return None
+
+
+def _common_length(values: Mapping[str, Any]) -> int | None:
+    """The sample count shared by ``values`` (the first that has one), or None."""
+    for v in values.values():
+        n = _length(v)
+        if n is not None:
+            return n
+    return None
 
 
 def check_finite(value: Any, where: str) -> None:
@@ -35,7 +79,12 @@ def check_finite(value: Any, where: str) -> None:
 
 
 class Run:
-    """One system at one seed: cache keys, lazily loaded values, metrics and fitted nodes."""
+    """One system at one seed: cache keys, lazily loaded values, metrics and fitted nodes.
+
+    Everything a node hands back crosses a checked boundary here: outputs are finite and hold one
+    row per sample of the split (the producer is named otherwise), per-sample losses are finite
+    and one per sample, metrics are finite; an error names node, seed, system and split.
+    """
 
     def __init__(self, system: System, seed: int, store: Store):
         self.system = system
@@ -46,17 +95,46 @@ class Run:
         self._fitted: dict[str, BaseNode] = {}
         self._ensured: set[str] = set()
 
+    def where(self, name: str, split: str | None = None, extra: str = "") -> str:
+        """``node 'X' (seed S, old system, split 'P')``: how errors and log lines name a node."""
+        return self.where_static(self.system, name, self.seed, split, extra)
+
+    @staticmethod
+    def where_static(system: System, name: str, seed: int, split: str | None = None,
+                     extra: str = "") -> str:
+        spec = system.specs.get(name)
+        own = node_seed(spec, seed) if spec is not None else seed
+        parts = [f"seed {seed if own is None else own}"]
+        if system.label:
+            parts.append(system.label)
+        if split is not None:
+            parts.append(f"split {split!r}")
+        if extra:
+            parts.append(extra)
+        kind = "source" if spec is not None and spec.node.is_source else "node"
+        return f"{kind} {name!r} ({', '.join(parts)})"
+
     # -- running ----------------------------------------------------------------------------
     def ensure(self, name: str) -> None:
-        """Make sure ``name``'s entry is in the store (fit it if not); counts hits and misses."""
+        """Make sure ``name``'s entry is in the store (fit it if not); counts hits and misses.
+
+        A stored entry is checked (checksums, once per process); a corrupt one is removed, said
+        in the log, and refitted like a miss.
+        """
         spec = self.system.specs[name]
         if not stores_predictions(spec.node) or name in self._ensured:
             return
         self._ensured.add(name)
         key = self.keys[name]
         if self.store.has(key):
-            self.store.record(key, hit=True)
-            return
+            try:
+                self.store.check(key)
+            except CorruptEntryError as err:
+                log.warning("%s: %s; removing it and fitting again", self.where(name), err)
+                self.store.remove(key)
+            else:
+                self.store.record(key, hit=True)
+                return
         self.store.record(key, hit=False)
         self._fit_and_publish(name)
 
@@ -68,13 +146,21 @@ class Run:
     def _fit_and_publish(self, name: str) -> None:
         spec = self.system.specs[name]
         node = spec.node.clone()
-        where = f"node {name!r} (seed {self.seed})"
-        fit_inputs = self._gather(spec.inputs, spec.fit_split)
-        fit_targets = self._gather(spec.targets, spec.fit_split)
+        where = self.where(name)
+        seed = node_seed(spec, self.seed)
+        seed = self.seed if seed is None else seed
+        fit_inputs, fit_targets = self._gather_checked(name, spec.fit_split)
+        if spec.init is not None:
+            start_from = self.fitted(spec.init)
+            try:
+                node.init_from(start_from)
+            except Exception as err:
+                raise NodeError(f"{where} cannot start from node {spec.init!r}: "
+                                f"{type(err).__name__}: {err}") from err
         log.info("fitting %s on split %r", where, spec.fit_split)
         start = time.perf_counter()
         try:
-            fitted = node.fit(fit_inputs, fit_targets, seed=self.seed)
+            fitted = node.fit(fit_inputs, fit_targets, seed=seed)
         except NodeError as err:
             raise NodeError(f"{where} failed while fitting: {err}") from err
         except Exception as err:
@@ -89,44 +175,109 @@ class Run:
             for out, value in preds.items():
                 arrays[f"pred/{split}/{out}"] = value
             if spec.targets:
-                targets = self._gather(spec.targets, split)
-                loss = np.asarray(node.loss(preds, targets), dtype=np.float64)
+                loss, metrics[split] = self._evaluate(node, name, split, preds)
                 arrays[f"loss/{split}"] = loss
-                metrics[split] = {k: float(v) for k, v in node.score(preds, targets).items()}
-                if node.metric not in metrics[split]:
-                    raise NodeError(f"{where}: score() did not return its metric {node.metric!r}")
             self._values[(name, split)] = preds
         for extra, value in getattr(node, "extra_arrays", lambda: {})().items():
             arrays[f"extra/{extra}"] = value
         meta = {
             "node": name, "class": f"{type(node).__module__}.{type(node).__qualname__}",
-            "params": repr(node.get_params()), "seed": self.seed, "fit_split": spec.fit_split,
+            "params": repr(node.get_params()), "seed": seed, "fit_split": spec.fit_split,
             "metric": node.metric, "higher_is_better": bool(node.higher_is_better),
             "metrics": metrics, "fit_seconds": round(fit_s, 4),
         }
         self.store.put(self.keys[name], meta=meta, state=node.state_dict(), arrays=arrays)
         self._fitted[name] = node
 
-    def _predict(self, node: BaseNode, name: str, split: str) -> dict[str, Any]:
-        spec = self.system.specs[name]
-        inputs = self._gather(spec.inputs, split)
-        where = f"node {name!r} (seed {self.seed}, split {split!r})"
+    def _evaluate(self, node: BaseNode, name: str, split: str, preds: Mapping[str, Any],
+                  targets: Mapping[str, Any] | None = None) -> tuple[np.ndarray, dict[str, float]]:
+        """Per-sample losses and metrics of ``node`` on ``split``, checked: finite, one loss per sample."""
+        where = self.where(name, split)
+        if targets is None:
+            _, targets = self._gather_checked(name, split, inputs=False)
+        n = _common_length(preds)
+        items = "sample of the split"
+        try:
+            declared = node.loss_items(targets)
+            if declared is not None:
+                n, items = int(declared), "item the node declares (loss_items)"
+            loss = np.asarray(node.loss(preds, targets), dtype=np.float64)
+            scores = node.score(preds, targets)
+        except NodeError as err:
+            raise NodeError(f"{where} failed while scoring: {err}") from err
+        except Exception as err:
+            raise NodeError(f"{where} failed while scoring: {type(err).__name__}: {err}") from err
+        if loss.ndim != 1 or (n is not None and len(loss) != n):
+            raise NodeError(f"{where}: loss() returned shape {loss.shape}; it must hold one value per "
+                            f"{items} ({n})")
+        bad = np.flatnonzero(~np.isfinite(loss))
+        if bad.size:
+            raise NodeError(f"{where}: loss() returned {bad.size} NaN/inf values (first for sample "
+                            f"{int(bad[0])}); a per-sample loss must be finite")
+        try:
+            metrics = {str(k): float(v) for k, v in dict(scores).items()}
+        except (TypeError, ValueError) as err:
+            raise NodeError(f"{where}: score() must return named numbers: {err}") from err
+        if node.metric not in metrics:
+            raise NodeError(f"{where}: score() did not return its metric {node.metric!r} "
+                            f"(it returned {sorted(metrics)})")
+        nonfinite = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        if node.metric in nonfinite:
+            raise NodeError(f"{where}: score() returned {metrics[node.metric]} for its metric "
+                            f"{node.metric!r}; metrics must be finite")
+        if nonfinite:   # secondary metrics (e.g. AP of a class absent from a split) may be undefined
+            log.debug("%s: metrics %s are not finite", where, nonfinite)
+        return loss, metrics
+
+    def _predict(self, node: BaseNode, name: str, split: str,
+                 inputs: Mapping[str, Any] | None = None, extra: str = "") -> dict[str, Any]:
+        """``node.predict`` on ``split``, checked: finite outputs, one row per sample."""
+        where = self.where(name, split, extra)
+        if inputs is None:
+            inputs, _ = self._gather_checked(name, split, targets=False)
+        n = _common_length(inputs)
         try:
             preds = node.predict(inputs)
         except NodeError as err:
             raise NodeError(f"{where} failed while predicting: {err}") from err
         except Exception as err:
             raise NodeError(f"{where} failed while predicting: {type(err).__name__}: {err}") from err
+        if not isinstance(preds, Mapping):
+            raise NodeError(f"{where}: predict() must return a dict of named outputs, got "
+                            f"{type(preds).__name__}")
         for out, value in preds.items():
             check_finite(value, f"{where}, output {out!r}")
+            if n is not None and _length(value) != n:
+                raise NodeError(f"{where}: output {out!r} has {_length(value)} rows but the split has "
+                                f"{n} samples (one row per sample)")
         return preds
 
-    def _gather(self, wiring: Mapping[str, str], split: str) -> dict[str, Any]:
+    def _gather(self, wiring: Mapping[str, str], split: str, reader: str | None = None) -> dict[str, Any]:
         out = {}
         for arg, ref in wiring.items():
             up, output = parse_ref(ref)
-            out[arg] = self.values(up, split)[output]
+            values = self.values(up, split)
+            if output not in values:
+                raise NodeError(f"{self.where(up, split)} produced no output {output!r} (it produced "
+                                f"{sorted(values)}){f'; node {reader!r} reads it as {arg!r}' if reader else ''}")
+            out[arg] = values[output]
         return out
+
+    def _gather_checked(self, name: str, split: str, inputs: bool = True,
+                        targets: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A node's inputs and targets on ``split``; every one must hold the same number of samples."""
+        spec = self.system.specs[name]
+        got_in = self._gather(spec.inputs, split, name) if inputs else {}
+        got_tg = self._gather(spec.targets, split, name) if targets else {}
+        sizes = {}
+        for field_name, wiring, values in (("input", spec.inputs, got_in), ("target", spec.targets, got_tg)):
+            for arg, value in values.items():
+                sizes[f"{field_name} {arg!r} ({wiring[arg]})"] = _length(value)
+        if len(set(sizes.values())) > 1:
+            listing = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+            raise NodeError(f"{self.where(name, split)}: its inputs and targets disagree in sample "
+                            f"count ({listing}); their producers must give one row per sample of the split")
+        return got_in, got_tg
 
     # -- results ------------------------------------------------------------------------------
     def values(self, name: str, split: str) -> dict[str, Any]:
@@ -137,11 +288,7 @@ class Run:
         spec = self.system.specs[name]
         node = spec.node
         if node.is_source:
-            vals = node.load(split, self.seed)
-            for out, value in vals.items():
-                if node.output_kinds.get(out) == "table":  # attribute tables may hold NaN = unknown
-                    continue
-                check_finite(value, f"source {name!r} (seed {self.seed}, split {split!r}), output {out!r}")
+            vals = self._load(name, split)
         elif not stores_predictions(node):
             fitted = node.clone().fit({}, {}, seed=self.seed)
             vals = self._predict(fitted, name, split)
@@ -150,6 +297,27 @@ class Run:
             vals = self.store.arrays(self.keys[name], f"pred/{split}")
         self._values[(name, split)] = vals
         return vals
+
+    def _load(self, name: str, split: str) -> dict[str, Any]:
+        """A source's outputs on ``split``, checked: finite (but for tables), equal sample counts."""
+        node = self.system.specs[name].node
+        where = self.where(name, split)
+        try:
+            vals = node.load(split, self.seed)
+        except NodeError as err:
+            raise NodeError(f"{where} failed while loading: {err}") from err
+        except Exception as err:
+            raise NodeError(f"{where} failed while loading: {type(err).__name__}: {err}") from err
+        if not isinstance(vals, Mapping):
+            raise NodeError(f"{where}: load() must return a dict of named outputs, got {type(vals).__name__}")
+        for out, value in vals.items():
+            if node.output_kinds.get(out) != "table":  # attribute tables may hold NaN = unknown
+                check_finite(value, f"{where}, output {out!r}")
+        lengths = {out: _length(v) for out, v in vals.items()}
+        if len(set(lengths.values())) > 1:
+            raise NodeError(f"{where}: its outputs disagree in sample count ({lengths}); every output "
+                            "must hold one row per sample of the split")
+        return dict(vals)
 
     def metrics(self, name: str, split: str | None = None) -> dict[str, float]:
         """Stored metrics of a model node on ``split`` (the system's eval split by default)."""
@@ -210,18 +378,11 @@ class Run:
             spec = self.system.specs[name]
             inputs = {a: value(*parse_ref(r), overrides) for a, r in spec.inputs.items()}
             node = self.fitted(name)
-            where = f"node {name!r} (seed {self.seed}, split {split!r}, with overrides)"
-            try:
-                preds = node.predict(inputs)
-            except Exception as err:
-                raise NodeError(f"{where} failed while predicting: {type(err).__name__}: {err}") from err
-            for out, v in preds.items():
-                check_finite(v, f"{where}, output {out!r}")
+            preds = self._predict(node, name, split, inputs=inputs, extra="with overrides")
             entry: dict[str, Any] = {"predictions": preds}
             if spec.targets:
                 tg = {a: value(*parse_ref(r), {**overrides, **targets}) for a, r in spec.targets.items()}
-                entry["loss"] = np.asarray(node.loss(preds, tg), dtype=np.float64)
-                entry["metrics"] = {k: float(v) for k, v in node.score(preds, tg).items()}
+                entry["loss"], entry["metrics"] = self._evaluate(node, name, split, preds, targets=tg)
             local[name] = entry
             results[name] = entry
         return results
@@ -240,8 +401,9 @@ class LocalExecutor:
         from entangle.progress import progress
 
         runs = {}
-        seeds = [int(s) for s in seeds]
-        for seed in progress(seeds, desc="seeds", unit="seed", leave=False):
+        seeds = check_seeds(seeds)
+        for seed in progress(seeds, desc=f"seeds{f' ({system.label})' if system.label else ''}",
+                             unit="seed", leave=False):
             runs[seed] = Run(system, seed, store).run_all()
             # what the fits read (images, point clouds) is dropped once the seed is done: later
             # reads come back from the store (memory-mapped) or are recomputed, so memory does not
@@ -288,30 +450,44 @@ class _PoolExecutor:
         raise NotImplementedError
 
     def run(self, system: System, seeds: Iterable[int], store: Store) -> dict[int, Run]:
-        seeds = [int(s) for s in seeds]
+        seeds = check_seeds(seeds)
         deps = stored_dependencies(system)
-        todo: dict[tuple[str, int], set[tuple[str, int]]] = {}
+        order = {name: i for i, name in enumerate(system.topological_order())}
+        # one task per store key: a node with a fixed seed has one key for every study seed
+        todo: dict[str, tuple[str, int, set[str]]] = {}
         for seed in seeds:
             keys = system.keys(seed)
             for name, ups in deps.items():
-                if store.has(keys[name]):
-                    store.record(keys[name], hit=True)
+                key = keys[name]
+                if key in todo:
+                    store.record(key, hit=True)   # fitted once, by the task already scheduled
                     continue
-                store.record(keys[name], hit=False)
-                todo[(name, seed)] = {(u, seed) for u in ups}
+                if store.has(key):
+                    try:
+                        store.check(key)
+                    except CorruptEntryError as err:
+                        log.warning("%s: %s; removing it and fitting again",
+                                    Run.where_static(system, name, seed), err)
+                        store.remove(key)
+                    else:
+                        store.record(key, hit=True)
+                        continue
+                store.record(key, hit=False)
+                todo[key] = (name, seed, {keys[u] for u in ups})
         from entangle.progress import progress
 
-        pending: dict[Any, tuple[str, int]] = {}
-        bar = progress(total=len(todo), desc="fits", unit="fit", leave=False)
+        pending: dict[Any, str] = {}
+        bar = progress(total=len(todo), desc=f"fits{f' ({system.label})' if system.label else ''}",
+                       unit="fit", leave=False)
         while todo or pending:
             running = set(pending.values())
-            ready = [t for t, ups in todo.items() if not any(u in todo or u in running for u in ups)]
-            for task in sorted(ready, key=lambda t: (t[1], system.topological_order().index(t[0]))):
-                del todo[task]
-                pending[self._submit(_fit_one, system, task[1], task[0], (type(store), store.reopen_args()),
-                                     self.threads)] = task
+            ready = [k for k, (_, _, ups) in todo.items() if not any(u in todo or u in running for u in ups)]
+            for key in sorted(ready, key=lambda k: (todo[k][1], order[todo[k][0]])):
+                name, seed, _ = todo.pop(key)
+                pending[self._submit(_fit_one, system, seed, name, (type(store), store.reopen_args()),
+                                     self.threads)] = key
             if not pending:
-                raise RuntimeError(f"scheduler stalled with tasks left: {sorted(todo)}")
+                raise RuntimeError(f"scheduler stalled with tasks left: {sorted(v[:2] for v in todo.values())}")
             for fut in self._wait_any(list(pending)):
                 pending.pop(fut)
                 try:

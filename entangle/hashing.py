@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import inspect
 import json
 import math
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ def fingerprint(value: Any) -> Any:
         return {"__class__": qualname(type(value)),
                 "params": {k: fingerprint(v) for k, v in sorted(params.items())}}
     if callable(value) and hasattr(value, "__qualname__"):
-        return {"__callable__": qualname(value), "code": source_hash(value)}
+        return {"__callable__": qualname(value), "code": callable_version(value)}
     raise UnhashableError(
         f"cannot fingerprint a value of type {type(value).__module__}.{type(value).__qualname__}; "
         "give it get_params(), or register it with entangle.hashing.fingerprint.register")
@@ -130,19 +133,207 @@ def source_hash(obj: Any) -> str:
         return digest(qualname(obj))[:16]
 
 
-def code_version(cls: type) -> str:
-    """Code version of a node class: its explicit ``version`` plus a hash of its (and its bases') source.
+# -- the code a node runs ---------------------------------------------------------------------
+#
+# A node's behaviour rarely lives in its class alone: the stereo node runs the network in
+# ``models/stereo_net.py``, a user's node calls helpers in the user's own package. A cache key
+# that hashed only the class would serve a stale fit after any of those files changed (the
+# stale-cache bug of DAG caching tools). So the code version covers the *source files* of every
+# module the node's module imports, transitively -- imports inside functions included, found by
+# reading the source rather than by importing it -- restricted to the project's own code: the
+# node's top-level package, entangle, and any module not installed in site-packages or the
+# standard library. Third-party libraries are versioned by their installation, not hashed.
+# Files are read once per process (lru_cache): a run's keys stay consistent even if a file is
+# edited while it runs.
 
-    Including the source means editing a model's code never serves stale results; the explicit
-    version lets a user force a new key when behaviour changes outside the class.
+ENTANGLE = "entangle"
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_roots() -> tuple[str, ...]:
+    """Folders of the standard library and site-packages (code there is not the project's own)."""
+    import site
+    import sysconfig
+    roots = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    try:
+        roots.update(site.getsitepackages())
+        roots.add(site.getusersitepackages())
+    except AttributeError:  # pragma: no cover - virtualenvs of old Pythons
+        pass
+    return tuple(sorted(os.path.realpath(r) + os.sep for r in roots if r))
+
+
+@functools.lru_cache(maxsize=None)
+def _module_file(name: str) -> str | None:
+    """The ``.py`` file of module ``name``, or None (built-in, extension, not found).
+
+    Found without importing anything: the top-level package by the import system's finders,
+    then submodules by walking its folders, so computing a key never runs a module's code.
     """
-    parts = []
+    head, _, rest = name.partition(".")
+    try:
+        spec = importlib.util.find_spec(head)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    if spec is None:
+        return None
+    if not rest:
+        origin = spec.origin
+        return os.path.realpath(origin) if origin and origin.endswith(".py") and os.path.isfile(origin) else None
+    folders = list(spec.submodule_search_locations or [])
+    parts = rest.split(".")
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        found = None
+        for folder in folders:
+            package = os.path.join(folder, part)
+            if os.path.isdir(package):
+                init = os.path.join(package, "__init__.py")
+                found = ("package", package, init if os.path.isfile(init) else None)
+                break
+            if last and os.path.isfile(package + ".py"):
+                found = ("module", package + ".py", package + ".py")
+                break
+        if found is None:
+            return None
+        if last:
+            return os.path.realpath(found[2]) if found[2] else None
+        if found[0] != "package":
+            return None
+        folders = [found[1]]
+    return None  # pragma: no cover
+
+
+@functools.lru_cache(maxsize=None)
+def _installed(head: str) -> bool:
+    """Whether top-level package ``head`` is a library (standard library, site-packages), not
+    the project's own code; entangle is always the project's own, however it is installed."""
+    if head == ENTANGLE:
+        return False
+    if head in sys.builtin_module_names or head in getattr(sys, "stdlib_module_names", ()):
+        return True
+    path = _module_file(head)   # a top-level lookup imports nothing
+    return path is None or path.startswith(_installed_roots())
+
+
+def _is_own(name: str, top: str) -> bool:
+    """Whether module ``name`` is the project's own code for a node of top-level package ``top``."""
+    head = name.split(".", 1)[0]
+    if head == ENTANGLE or (head == top and not _installed(head)):
+        return True
+    return not _installed(head)
+
+
+@functools.lru_cache(maxsize=None)
+def _imported_modules(name: str) -> tuple[str, ...]:
+    """Names of the modules module ``name``'s source imports (anywhere in the file)."""
+    import ast
+    path = _module_file(name)
+    if path is None:
+        return ()
+    try:
+        tree = ast.parse(Path(path).read_bytes(), filename=path)
+    except (SyntaxError, ValueError, OSError):
+        return ()
+    is_package = os.path.basename(path) == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                found += [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package.split(".") if package else []
+                base_parts = base_parts[:len(base_parts) - (node.level - 1)] if node.level > 1 else base_parts
+                base = ".".join(base_parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if not base:
+                continue
+            parts = base.split(".")
+            found += [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
+            found += [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]
+    return tuple(dict.fromkeys(found))
+
+
+@functools.lru_cache(maxsize=None)
+def _file_digest(path: str) -> str:
+    return digest(Path(path).read_bytes())[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def module_closure(name: str, top: str | None = None) -> tuple[tuple[str, str], ...]:
+    """``(module, source digest)`` for ``name`` and every own module it imports, transitively.
+
+    ``top`` is the top-level package whose modules count as own (default: ``name``'s); entangle
+    and modules outside site-packages and the standard library always do.
+    """
+    top = top or name.split(".", 1)[0]
+    if _installed(top):   # a library's classes (torch.nn.Module in a model's bases): its version
+        return ()         # is its installation, not its thousands of source files
+    seen: dict[str, str] = {}
+    todo = [name]
+    while todo:
+        mod = todo.pop()
+        if mod in seen or not _is_own(mod, top):
+            continue
+        path = _module_file(mod)
+        if path is None:
+            seen[mod] = ""
+            continue
+        seen[mod] = _file_digest(path)
+        todo.extend(m for m in _imported_modules(mod) if m not in seen)
+    return tuple(sorted((m, d) for m, d in seen.items() if d))
+
+
+def clear_code_cache() -> None:
+    """Forget the source digests read so far (for a process that edits and reloads modules)."""
+    for fn in (_module_file, _installed, _imported_modules, _file_digest, module_closure, source_hash):
+        fn.cache_clear()
+    _code_version.cache_clear()
+
+
+def _own_code(obj: Any) -> tuple:
+    """The module closure of ``obj``'s module; its own source where the module has no file
+    (a function typed at the prompt); nothing for a library's (its installation versions it)."""
+    module = getattr(obj, "__module__", None) or ""
+    if module and _installed(module.split(".", 1)[0]):
+        return ()
+    closure = module_closure(module) if module else ()
+    if not any(m == module for m, _ in closure):
+        closure = (*closure, (qualname(obj), source_hash(obj)))
+    return closure
+
+
+def callable_version(fn: Any) -> str:
+    """Code version of a function: every own module its module imports (itself included)."""
+    return digest(json.dumps({"callable": qualname(fn), "modules": _own_code(fn)}))[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _code_version(cls: type) -> str:
+    parts, modules = [], set()
     for klass in cls.__mro__:
         if klass.__module__ in ("builtins", "abc", "typing"):
             continue
-        parts.append(f"{qualname(klass)}:{source_hash(klass)}")
+        parts.append(qualname(klass))
+        modules.update(_own_code(klass))
     explicit = getattr(cls, "version", None)
-    return digest(json.dumps({"version": explicit, "sources": parts}))[:16]
+    return digest(json.dumps({"version": explicit, "sources": parts,
+                              "modules": sorted(modules)}))[:16]
+
+
+def code_version(cls: type) -> str:
+    """Code version of a node class: its explicit ``version`` and the source it runs.
+
+    The source is the class's (and its bases') plus every module of the project's own code that
+    their modules import, transitively (see :func:`module_closure`), so editing a helper module
+    never serves stale results. The explicit ``version`` forces a new key when behaviour changes
+    outside any source file (a data file, a compiled extension). Cached per process.
+    """
+    return _code_version(cls)
 
 
 def key_of(payload: Any) -> str:

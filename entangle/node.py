@@ -117,8 +117,12 @@ class BaseNode:
     #: name of the primary metric in ``score``'s result, and its direction.
     metric: ClassVar[str] = "loss"
     higher_is_better: ClassVar[bool] = False
-    #: explicit code version; when None the cache key uses a hash of the class source.
+    #: explicit code version, part of the cache key beside the source the node runs: raise it
+    #: when behaviour changes outside any source file (a data file, a compiled extension).
     version: ClassVar[str | None] = None
+    #: parameters that change how, not what, the node computes (worker processes, device,
+    #: progress output): left out of the cache key, so the same fit is never done twice.
+    execution_params: ClassVar[tuple[str, ...]] = ()
 
     # -- parameters (scikit-learn's get_params/set_params/clone contract) --------------------
     @classmethod
@@ -167,6 +171,14 @@ class BaseNode:
     def loss(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> np.ndarray:
         """Per-sample loss: the node's own objective, one number per sample."""
         raise NotImplementedError
+
+    def loss_items(self, targets: Mapping[str, Any]) -> int | None:
+        """How many values ``loss`` returns for ``targets``; None (the default): one per sample.
+
+        A node whose items are not its samples says how many it has (a detector's items are the
+        ground-truth objects of its class), so the executor can check every loss is there.
+        """
+        return None
 
     def score(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, float]:
         """Named metrics on a split; must hold ``self.metric``. Default: the mean per-sample loss."""
@@ -378,6 +390,7 @@ class TorchNode(BaseNode):
 
     target_kinds = {"y": ANY}
     version = "1"
+    execution_params = ("device",)
 
     def __init__(self, *, module: Callable[[], Any], criterion: str = "mse", epochs: int = 20,
                  lr: float = 1e-2, batch_size: int = 128, weight_decay: float = 0.0,

@@ -28,7 +28,8 @@ import shutil
 import uuid
 from typing import Any, Iterator, Mapping
 
-from entangle.store import Store, StoreError, _file_sha, check_key, check_name, entry_digest
+from entangle.store import (Store, StoreError, _file_sha, check_key, check_name, entry_digest,
+                            meta_checksum)
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,10 @@ class RemoteStore(Store):
             meta = json.loads(raw)
         except ValueError as err:
             raise StoreError(f"{self._where(key)}: corrupt meta.json: {err}") from err
-        if meta.get("key") != key:
-            raise StoreError(f"{self._where(key)}: meta.json names key {meta.get('key')!r}")
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            raise StoreError(f"{self._where(key)}: meta.json does not describe this entry")
+        if meta.get("checksum") != meta_checksum(meta):
+            raise StoreError(f"{self._where(key)}: meta.json does not match its checksum")
         files = meta.get("files", {})
         for rel in files:  # the remote is shared: its file names must not escape the entry
             for part in rel.split("/"):

@@ -29,7 +29,7 @@ from entangle.node import ANY, BaseNode, FunctionNode
 log = logging.getLogger(__name__)
 
 #: keys of a node's config that describe wiring, not the node itself.
-WIRING_KEYS = ("inputs", "targets", "output", "fit_split")
+WIRING_KEYS = ("inputs", "targets", "output", "fit_split", "init", "seed")
 
 
 class SystemError_(ValueError):
@@ -57,6 +57,10 @@ class NodeSpec:
     targets : target name -> ``"upstream.output"`` (ground truth for fit, loss and metrics).
     output : whether the node is a system output (kept even if nothing reads it).
     fit_split : the split the node is fitted on.
+    init : another node whose *fitted* state this node starts from (fine-tuning a pretrained
+        model): the executor calls ``node.init_from(fitted_other)`` before ``fit``.
+    seed : a fixed seed for this node whatever the study's seed, so one fit (a pretraining, a
+        shared teacher) serves every seed of a study; None follows the study's seed.
     """
 
     node: BaseNode
@@ -64,6 +68,8 @@ class NodeSpec:
     targets: Mapping[str, str] = field(default_factory=dict)
     output: bool = False
     fit_split: str = "train"
+    init: str | None = None
+    seed: int | None = None
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
@@ -86,12 +92,20 @@ def uses_seed(node: BaseNode) -> bool:
     return getattr(node, "uses_seed", not isinstance(node, FunctionNode))
 
 
+def node_seed(spec: NodeSpec, seed: int) -> int | None:
+    """The seed a node runs with in a study at ``seed``: its fixed seed, the study's, or None
+    when its results do not depend on a seed."""
+    if spec.seed is not None:
+        return int(spec.seed)
+    return int(seed) if uses_seed(spec.node) else None
+
+
 class System:
     """A validated DAG of nodes; immutable — ``replace`` returns a new system."""
 
     def __init__(self, nodes: Mapping[str, NodeSpec | BaseNode] | Iterable[tuple[str, NodeSpec | BaseNode]],
                  *, splits: Iterable[str] = ("train", "test"), eval_split: str = "test",
-                 where: str | None = None):
+                 where: str | None = None, label: str | None = None):
         items = list(nodes.items()) if isinstance(nodes, Mapping) else list(nodes)
         problems: list[str] = []
         specs: dict[str, NodeSpec] = {}
@@ -104,6 +118,9 @@ class System:
         self.splits = tuple(splits)
         self.eval_split = eval_split
         self.where = where
+        #: what this system is in a study ("old system", "new system", "reference oracle"):
+        #: named in log lines and errors; not part of any cache key.
+        self.label = label
         if eval_split not in self.splits:
             problems.append(f"eval_split {eval_split!r} is not one of splits {list(self.splits)}")
         self.graph = nx.DiGraph()
@@ -170,6 +187,25 @@ class System:
                         continue
                     problems.append(f"node {name!r}, field '{field_name}.{arg}': required "
                                     f"{field_name[:-1]} is not wired")
+        for name, spec in self.specs.items():
+            if spec.seed is not None and (isinstance(spec.seed, bool) or not isinstance(spec.seed, int)
+                                          or spec.seed < 0):
+                problems.append(f"node {name!r}, field 'seed': a fixed seed must be an int >= 0, "
+                                f"got {spec.seed!r}")
+            if spec.init is None:
+                continue
+            where = f"node {name!r}, field 'init'"
+            if spec.init not in self.specs:
+                problems.append(f"{where}: names no node {spec.init!r}{_closest(str(spec.init), self.specs)}")
+            elif self.specs[spec.init].node.is_source or not stores_predictions(self.specs[spec.init].node):
+                problems.append(f"{where}: {spec.init!r} is not a fitted model (a source or a plain "
+                                "function has no state to start from)")
+            elif not callable(getattr(spec.node, "init_from", None)):
+                problems.append(f"{where}: {type(spec.node).__name__} cannot start from another node's "
+                                "state (it has no init_from method)")
+            else:
+                g.add_edge(spec.init, name)
+                g.edges[spec.init, name].setdefault("refs", []).append(("init", "init", "state"))
         if not nx.is_directed_acyclic_graph(g):
             cycle = nx.find_cycle(g)
             path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
@@ -229,7 +265,9 @@ class System:
             specs[name] = NodeSpec(node=node, inputs=dict(wiring.get("inputs") or {}),
                                    targets=dict(wiring.get("targets") or {}),
                                    output=bool(wiring.get("output", False)),
-                                   fit_split=str(wiring.get("fit_split", "train")))
+                                   fit_split=str(wiring.get("fit_split", "train")),
+                                   init=None if wiring.get("init") is None else str(wiring["init"]),
+                                   seed=wiring.get("seed"))
         unknown = set(cfg) - {"nodes", "splits", "eval_split", "name", "defaults"}
         for k in sorted(unknown):
             problems.append(f"pipeline field {k!r} is not known (expected nodes, splits, eval_split)")
@@ -281,14 +319,21 @@ class System:
         self._check_name(name)
         specs = dict(self.specs)
         specs[name] = node if isinstance(node, NodeSpec) else dc_replace(specs[name], node=node)
-        return System(specs, splits=self.splits, eval_split=self.eval_split, where=self.where)
+        return System(specs, splits=self.splits, eval_split=self.eval_split, where=self.where,
+                      label=self.label)
 
     def with_spec(self, name: str, **changes: Any) -> "System":
         """A new system with fields of ``name``'s NodeSpec changed (e.g. ``fit_split``)."""
         self._check_name(name)
         specs = dict(self.specs)
         specs[name] = dc_replace(specs[name], **changes)
-        return System(specs, splits=self.splits, eval_split=self.eval_split, where=self.where)
+        return System(specs, splits=self.splits, eval_split=self.eval_split, where=self.where,
+                      label=self.label)
+
+    def labelled(self, label: str | None) -> "System":
+        """The same system under another label (log lines and errors name it; keys do not)."""
+        return System(self.specs, splits=self.splits, eval_split=self.eval_split, where=self.where,
+                      label=label)
 
     # -- cache keys ---------------------------------------------------------------------------
     def keys(self, seed: int) -> dict[str, str]:
@@ -297,18 +342,21 @@ class System:
         for name in self.topological_order():
             spec = self.specs[name]
             node = spec.node
+            skip = set(getattr(node, "execution_params", ()))
             try:
-                params = fingerprint(node.get_params())
+                params = fingerprint({k: v for k, v in node.get_params().items() if k not in skip})
             except UnhashableError as err:
                 raise SystemError_([f"node {name!r}: {err}"], self.where) from err
             payload: dict[str, Any] = {
                 "class": qualname(type(node)),
                 "code": code_version(type(node)),
                 "params": params,
-                "seed": seed if uses_seed(node) else None,
+                "seed": node_seed(spec, seed),
             }
             if hasattr(node, "data_fingerprint"):  # sources reading files: follow their content
-                payload["data"] = node.data_fingerprint()
+                payload["data"] = fingerprint(node.data_fingerprint())
+            if spec.init is not None:
+                payload["init"] = keys[spec.init]
             if not node.is_source:
                 payload["inputs"] = {arg: [keys[parse_ref(r)[0]], parse_ref(r)[1]]
                                      for arg, r in sorted(spec.inputs.items())}

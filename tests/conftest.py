@@ -12,6 +12,10 @@ CONF = REPO / "conf"
 
 # Tests run on few cores next to other work: keep torch to one thread for stable timings.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A test that names no store.root must not write into the user's cache folder.
+if "ENTANGLE_STORE" not in os.environ:
+    import tempfile
+    os.environ["ENTANGLE_STORE"] = tempfile.mkdtemp(prefix="entangle-test-store-")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from entangle.cli import run as run_experiment
+from entangle.cli import TaskFailed, run as run_experiment
 from entangle.data.checks import check_layout
 from entangle.data.kitti import KittiDataset, difficulty, write_sample
 from entangle.data.world import WorldConfig, render_scene, sample_scene, scene_rng
@@ -100,7 +100,9 @@ def test_a_clean_world_has_no_problems_and_split_ids_are_honoured(tmp_path, samp
 def test_check_dataset_experiment_writes_the_report(damaged, compose_cfg, tmp_path):
     root, _ = damaged
     cfg = compose_cfg("experiment=check_dataset", f"data.root={root}")
-    report = run_experiment(cfg)
+    with pytest.raises(TaskFailed, match="5 problem"):   # written whole, then a non-zero exit
+        run_experiment(cfg)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
     on_disk = json.loads((tmp_path / "run" / "report.json").read_text())
     assert on_disk["n_problems"] == 5 == report["n_problems"]
     assert on_disk["n_valid"] == 1

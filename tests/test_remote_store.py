@@ -141,11 +141,14 @@ def test_missing_fsspec_names_the_extra(tmp_path, monkeypatch):
 
 def test_remote_file_names_cannot_escape_the_entry(tmp_path, remote):
     import json
+
+    from entangle.store import meta_checksum
     a = RemoteStore(tmp_path / "a", remote)
     a.put(KEY, **entry())
     meta_path = f"{a.remote_path(KEY)}/meta.json"
     meta = json.loads(a.fs.cat_file(meta_path))
     meta["files"]["../../escape.npy"] = "0" * 64
+    meta["checksum"] = meta_checksum(meta)   # a writer of the remote can forge the checksum too
     a.fs.pipe_file(meta_path, json.dumps(meta).encode())
     b = RemoteStore(tmp_path / "b", remote)
     with pytest.raises(StoreError, match="invalid file name"):

@@ -159,7 +159,7 @@ def test_node_specific_attributes_apply_to_that_node_only(two_readers):
 @pytest.mark.parametrize("override,message", [
     ("stress.severities=[1,7]", r"severity must be an integer from 1 to 5 \(option 'stress.severities'\), got 7"),
     ("stress.corruptions=[fog,snow]", r"unknown corruption\(s\) \['snow'\] in option 'stress.corruptions'"),
-    ("seeds=[3]", r"seeds must be a list of at least 2 ints"),
+    ("seeds=[3]", r"needs at least 2 seeds, e.g. seeds=\[0, 1\]; got \[3\]"),
 ])
 def test_experiment_bad_input_names_the_option(compose_cfg, tmp_path, override, message):
     from entangle.cli import run

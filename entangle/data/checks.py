@@ -18,7 +18,7 @@ import cv2
 from tqdm.auto import tqdm
 
 from entangle.data.kitti import (DIFFICULTY_NAMES, DISPARITY_DIRS, KittiFormatError, Object3D,
-                                 image_folder, difficulty, read_calib, split_ids)
+                                 image_folder, difficulty, read_calib, read_text, split_ids)
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ class CheckReport:
 def _check_label(path: Path, rel: str) -> tuple[list[Problem], list[Object3D]]:
     problems, objects = [], []
     try:
-        text = path.read_text()
-    except OSError as err:
-        return [Problem(rel, f"cannot read label file ({err.strerror})")], []
+        text = read_text(path, "label file")
+    except KittiFormatError as err:
+        return [Problem(rel, err.reason, err.line)], []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -162,6 +162,9 @@ def check_layout(root: str | Path, split: str | None = None,
                 ids = split_ids(root, split)
             except FileNotFoundError as err:
                 report.problems.append(Problem(f"ImageSets/{split}.txt", str(err)))
+                return report
+            except KittiFormatError as err:
+                report.problems.append(Problem(f"ImageSets/{split}.txt", err.reason, err.line))
                 return report
         else:
             stems = set()

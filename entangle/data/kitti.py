@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,6 +65,35 @@ class KittiFormatError(ValueError):
         where = self.path + (f":{line}" if line is not None else "")
         what = f" field {field!r}" if field else ""
         super().__init__(f"{where}:{what} {message}")
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """A KITTI text file as UTF-8; :class:`KittiFormatError` naming the file (and the line of the
+    first bad byte) when it cannot be read or is not text."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise KittiFormatError(path, f"cannot read {what} ({err.strerror})") from err
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise KittiFormatError(path, f"{what} is not UTF-8 text (byte 0x{data[err.start]:02x} at "
+                                     f"offset {err.start})", line=line) from err
+
+
+#: a frame id: a plain file stem (``000123``, ``000000_10``), never a path
+_FRAME_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+
+
+def check_frame_id(sid: str, path: str | Path, line: int) -> str:
+    """``sid`` if it is a plain frame id; :class:`KittiFormatError` otherwise (ids that are paths,
+    such as ``../../etc/passwd``, would read files outside the data folder)."""
+    if not _FRAME_ID.match(sid):
+        raise KittiFormatError(path, f"frame id {sid!r} is not a plain name (letters, digits, '_', "
+                                     "'-'; no paths)", line=line)
+    return sid
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,10 +189,7 @@ class Calib:
 def _parse_key_values(path: Path) -> dict[str, tuple[int, list[str]]]:
     """``key: v v v`` lines -> {key: (line number, tokens)}; blank lines are skipped."""
     out: dict[str, tuple[int, list[str]]] = {}
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise KittiFormatError(path, f"cannot read calib file ({err.strerror})") from err
+    text = read_text(path, "calib file")
     for lineno, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -346,10 +373,7 @@ class Object3D:
 def read_label(path: str | Path) -> list[Object3D]:
     """Read a ``label_2`` file (blank lines skipped); raises :class:`KittiFormatError`."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise KittiFormatError(path, f"cannot read label file ({err.strerror})") from err
+    text = read_text(path, "label file")
     return [Object3D.from_line(line, path, i) for i, line in enumerate(text.splitlines(), 1)
             if line.strip()]
 
@@ -539,7 +563,8 @@ def split_ids(root: str | Path, split: str = "train") -> list[str]:
     for base in (root, image_folder(root).parent):
         lst = base / "ImageSets" / f"{split}.txt"
         if lst.exists():
-            return [ln.strip() for ln in lst.read_text().splitlines() if ln.strip()]
+            lines = read_text(lst, "split list").splitlines()
+            return [check_frame_id(ln.strip(), lst, i) for i, ln in enumerate(lines, 1) if ln.strip()]
     raise FileNotFoundError(f"{root}/ImageSets/{split}.txt does not exist; use split='all' to "
                             "read every image, or pass ids=[...]")
 

@@ -151,6 +151,7 @@ class WorldSource(Source):
     """
 
     uses_seed = False  # the data are fixed; study seeds vary initialisation and order
+    execution_params = ("workers",)  # rendering processes: the same scenes however many
     output_kinds = {"left": "image", "right": "image", "calib": "calib", "baseline": "scalar",
                     "disparity": "disparity", "depth": "depth", "labels": "labels",
                     "object_attributes": "table", "id": "array"}
@@ -170,13 +171,23 @@ class WorldSource(Source):
         from entangle.data.world import WorldConfig
         return WorldConfig.from_dict(dict(self.world or {}))
 
+    def generator(self) -> dict[str, Any]:
+        """What defines a generated world: the renderer's code version and its full config.
+
+        The renderer's code (``entangle.data.world`` and every module of the project it imports)
+        and every field of the config, defaults included, so a change of either renders a new
+        world into a new folder and gives every node below a new key.
+        """
+        from entangle.hashing import module_closure
+        code = hashlib.sha256(json.dumps(module_closure("entangle.data.world")).encode()).hexdigest()[:16]
+        return {"code": code, "config": self.world_config().to_dict(), "n_scenes": int(self.n_scenes),
+                "seed": int(self.seed)}
+
     def folder(self) -> Path:
         """The data folder: ``root``, or the generated world's folder (named by its digest)."""
         if self.root is not None:
             return Path(self.root).expanduser()
-        cfg = self.world_config().to_dict()
-        digest = hashlib.sha256(json.dumps({"cfg": cfg, "n": self.n_scenes, "seed": self.seed},
-                                           sort_keys=True).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(json.dumps(self.generator(), sort_keys=True).encode()).hexdigest()[:12]
         return GENERATED / f"world-{self.n_scenes}-s{self.seed}-{digest}"
 
     def ensure_generated(self) -> Path:
@@ -198,10 +209,11 @@ class WorldSource(Source):
         tmp.rename(folder)
         return folder
 
-    def data_fingerprint(self) -> str:
-        """A digest of the data folder's listing (names and sizes) for real data under ``root``."""
+    def data_fingerprint(self) -> Any:
+        """What the data are: the generator (code and full config) of a generated world; for real
+        data under ``root``, a digest of the folder's listing (names and sizes)."""
         if self.root is None:
-            return "generated"
+            return {"generated": self.generator()}
         folder = self.folder()
         h = hashlib.sha256()
         for p in sorted(folder.rglob("*")):

@@ -130,6 +130,7 @@ class CarDetector(DetectorNode):
     input_kinds = {"points": "points", "calib": "calib"}
     output_kinds = {"boxes": "boxes", "image_size": "array", "n_points": "array"}
     version = "1"
+    execution_params = ("device",)
 
     def __init__(self, *, x_min: float = -20.0, x_max: float = 20.0, z_min: float = 0.0,
                  z_max: float = 60.0, cell: float = 0.5, width: int = 32, epochs: int = 10,

@@ -92,6 +92,10 @@ class DetectorNode(BaseNode):
         m = kitti_eval.match_objects(labels, boxes, self.object_class, metric="bev")
         return 1.0 - m["quality"]
 
+    def loss_items(self, targets: Mapping[str, Any]) -> int:
+        """The per-object loss covers every ground-truth object of the node's class."""
+        return int(len(kitti_eval.class_rows(targets["labels"], self.object_class)))
+
     def score(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, float]:
         """KITTI APs of the node's class (flat keys) with ``bev_ap_moderate`` (BEV AP|R40, strict IoU)."""
         boxes = predictions["boxes"]

@@ -75,6 +75,7 @@ class MLPNode(BaseNode):
 
     target_kinds = {"y": "any"}
     version = "1"
+    execution_params = ("device",)
 
     def __init__(self, *, task: str = "regression", hidden: Sequence[int] = (128, 128),
                  epochs: int = 60, lr: float = 3e-3, batch_size: int = 256,

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from entangle.models import boxes as bx
+from entangle.models import kitti_eval
 from entangle.models.centernet import conv_bn, draw_gaussians, focal_loss, peaks, resolve_device
 from entangle.models.detector_base import DetectorNode, check_calib, check_labels, check_points
 from entangle.models.layout import BOX_COLUMNS, L, LABEL_COLUMNS, PEDESTRIAN
@@ -191,6 +192,7 @@ class PedestrianImageDetector(BaseNode):
     metric = "recall_2d_moderate"
     higher_is_better = True
     version = "1"
+    execution_params = ("device",)
 
     def __init__(self, *, width_2d: int = 24, epochs_2d: int = 10, lr_2d: float = 2e-3,
                  batch_size_2d: int = 8, max_detections: int = 20, score_threshold: float = 0.1,
@@ -307,6 +309,10 @@ class PedestrianImageDetector(BaseNode):
         self.check_is_fitted()
         return {"boxes_2d": Ragged.from_list(self._detect_2d(_check_images(inputs["image"])), width=5)}
 
+    def loss_items(self, targets: Mapping[str, Any]) -> int:
+        """The per-object loss covers every ground-truth pedestrian."""
+        return int(len(kitti_eval.class_rows(targets["labels"], PEDESTRIAN)))
+
     def loss(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> np.ndarray:
         """One loss per ground-truth pedestrian (label-row order): ``1 - max IoU_2d x score``."""
         dets = predictions["boxes_2d"]
@@ -378,6 +384,7 @@ class PedestrianDetector(DetectorNode):
     optional_inputs = ("boxes_2d",)
     output_kinds = {"boxes": "boxes", "image_size": "array", "n_points": "array"}
     version = "2"
+    execution_params = ("device",)
 
     def __init__(self, *, width_2d: int = 24, epochs_2d: int = 10, lr_2d: float = 2e-3,
                  batch_size_2d: int = 8, width_3d: int = 32, epochs_3d: int = 15, lr_3d: float = 2e-3,

@@ -31,6 +31,35 @@ def output_dir(cfg: DictConfig) -> Path:
     return path
 
 
+def prepare_output_dir(cfg: DictConfig) -> Path:
+    """The run dir, refused when it already holds a report unless ``overwrite=true``; then the
+    old run's files go first (Hydra's ``.hydra/`` of this run and open log files are kept, the
+    logs emptied), so no figure of an old run sits beside the new report."""
+    import shutil
+    path = output_dir(cfg)
+    if not (path / "report.json").exists():
+        return path
+    if not cfg.get("overwrite", False):
+        raise ConfigError(f"the run dir {path} already holds a report (report.json of an earlier run): "
+                          "choose another (hydra.run.dir=DIR) or pass overwrite=true to replace it")
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in logging.root.manager.loggerDict)]
+    open_logs = {Path(h.baseFilename).resolve() for lg in loggers
+                 for h in getattr(lg, "handlers", []) if isinstance(h, logging.FileHandler)}
+    for entry in path.iterdir():
+        if entry.name == ".hydra":
+            continue
+        if entry.resolve() in open_logs:
+            with open(entry, "r+") as fh:
+                fh.truncate(0)
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    log.info("overwrite=true: removed the earlier run's files from %s", path)
+    return path
+
+
 def profile(cfg: DictConfig) -> DictConfig:
     """The sizes of the chosen profile from the experiment's ``profiles`` block."""
     name = str(cfg.get("profile", "default"))
@@ -44,14 +73,19 @@ def profile(cfg: DictConfig) -> DictConfig:
 
 
 def seeds(cfg: DictConfig, minimum: int = 1) -> list[int]:
-    """The study seeds as a list of ints; ``seeds`` must be a non-empty list."""
+    """The study seeds: distinct non-negative ints, at least ``minimum`` of them (ConfigError)."""
+    from entangle.executor import check_seeds
     raw = cfg.get("seeds")
-    if raw is None or isinstance(raw, (str, int)) or len(raw) < minimum:
-        raise ConfigError(f"seeds must be a list of at least {minimum} ints, e.g. seeds=[0,1,2]; got {raw!r}")
+    if raw is not None and not isinstance(raw, (str, int, float)):
+        raw = list(raw)
     try:
-        return [int(s) for s in raw]
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"seeds must be ints, got {list(raw)!r}") from err
+        out = check_seeds(raw)
+    except ValueError as err:
+        raise ConfigError(f"seeds: {err}") from None
+    if len(out) < minimum:
+        raise ConfigError(f"seeds: this experiment needs at least {minimum} seeds, e.g. "
+                          f"seeds={list(range(minimum))}; got {out}")
+    return out
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -122,7 +156,7 @@ def apply_profile(cfg: DictConfig) -> DictConfig:
 
 
 def make_store(cfg: DictConfig):
-    """The artifact store named by ``store.root`` (the user's cache dir when null).
+    """The artifact store named by ``store.root`` (an empty root is refused: StoreError).
 
     With ``store.remote`` set (an fsspec URL), a :class:`~entangle.remote_store.RemoteStore`:
     ``store.root`` becomes the local cache of a store shared through that URL.
@@ -133,8 +167,12 @@ def make_store(cfg: DictConfig):
     remote = conf.get("remote") if conf is not None else None
     if remote not in (None, "", "null"):
         from entangle.remote_store import RemoteStore
-        return RemoteStore(root, str(remote))
-    return Store(root)
+        store = RemoteStore(root, str(remote))
+        log.info("store: %s (shared through %s)", store.root, store.remote)
+        return store
+    store = Store(root)
+    log.info("store: %s", store.root)
+    return store
 
 
 def make_executor(cfg: DictConfig):

@@ -34,4 +34,9 @@ def run(cfg: DictConfig) -> dict:
         log.warning("... and %d more problems (see report.json)", len(report.problems) - 20)
     log.info("%d frames checked, %d valid, %d problems", report.n_frames,
              len(report.valid_ids), len(report.problems))
-    return report.to_dict()
+    out = report.to_dict()
+    if report.problems or not report.valid_ids:
+        # the report is written all the same; the command then exits non-zero (see cli.run)
+        out["failed"] = (f"{root}: {len(report.problems)} problem(s) in {report.n_frames} frame(s), "
+                         f"{len(report.valid_ids)} valid" + ("" if report.valid_ids else ": no valid frame"))
+    return out
