@@ -42,15 +42,19 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
-from scipy import stats
 
-from entangle.compare import IMPROVED, NOISE, WORSE, paired_delta
+from entangle.executor import LocalExecutor, Run
 from entangle.node import BaseNode, NodeError, SklearnNode, TorchNode
+from entangle.stats import interval
 from entangle.store import Store
+from entangle.study import Study, infer_changed
 from entangle.system import NodeSpec, System, parse_ref
+
+#: fits a system over seeds: ``fit(system, seeds) -> {seed: Run}`` (a study's :meth:`Study.fit`)
+Fit = Callable[[System, Sequence[int]], Mapping[int, Run]]
 
 log = logging.getLogger(__name__)
 
@@ -300,18 +304,7 @@ def _source_bayes_risk(system: System, downstream: str) -> float:
     return float(node.bayes_risk(out))
 
 
-# -- statistics ---------------------------------------------------------------------------------
-def interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
-    """Mean, seed spread (sd) and the t interval of the mean over seeds (no interval for one seed)."""
-    a = np.asarray(values, dtype=np.float64)
-    mean = float(a.mean())
-    if len(a) < 2:
-        return {"mean": mean, "sd": float("nan"), "ci": [float("nan"), float("nan")], "per_seed": a.tolist()}
-    sd = float(a.std(ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=len(a) - 1) * sd / np.sqrt(len(a)))
-    return {"mean": mean, "sd": sd, "ci": [mean - half, mean + half], "per_seed": a.tolist()}
-
-
+# -- terms ---------------------------------------------------------------------------------------
 def terms_from_values(values: Mapping[str, Any]) -> dict[str, Any]:
     """The decomposition terms from the values (arrays per seed or scalars), keyed by mechanism.
 
@@ -346,38 +339,42 @@ class Decomposition:
     systems: dict[str, System] = field(repr=False, default_factory=dict)
 
 
-def _mean_loss(system: System, seed: int, store: Store, name: str) -> float:
-    from entangle.executor import Run
-    return float(np.mean(Run(system, seed, store).losses(name)))
+def _fitter(store: Store, fit: Fit | None) -> Fit:
+    """``fit`` or, from code without a study, the local executor on ``store``."""
+    return fit if fit is not None else (lambda system, seeds: LocalExecutor().run(system, seeds, store))
+
+
+def _mean_losses(fit: Fit, system: System, seeds: Sequence[int], name: str, role: str) -> list[float]:
+    runs = fit(system.labelled(f"decomposition of {name!r}: {role}"), seeds)
+    return [float(np.mean(runs[s].losses(name))) for s in seeds]
 
 
 def decompose(system: System, downstream: str, seeds: Iterable[int], store: Store, *,
-              estimators: Estimators | None = None, confidence: float = 0.95) -> Decomposition:
+              estimators: Estimators | None = None, confidence: float = 0.95,
+              fit: Fit | None = None) -> Decomposition:
     """Estimate ``L*``, ``L*(u)``, ``L_H(u)``, ``L(v̂∘u)`` and the terms for ``downstream``.
 
-    Every fit goes through ``store``; what is already there (a study's nodes, an earlier
-    decomposition) is served from it.
+    Every derived system is fitted by ``fit`` (a study's :meth:`~entangle.study.Study.fit`: its
+    executor and store; default: the local executor on ``store``); what the store holds (a
+    study's nodes, an earlier decomposition) is served from it.
     """
     est = estimators or Estimators()
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise DecompositionError("seeds must hold at least one seed")
+    fit = _fitter(store, fit)
     ups, reference = _check(system, downstream, est)
     systems = derived_systems(system, downstream, est)
     hits0, misses0 = store.stats.hits, store.stats.misses
     raw: dict[str, list[float]] = {}
     failed: dict[str, str] = {}
-    for seed in seeds:
-        for role, s in systems.items():
-            if role in failed:
-                continue
-            try:
-                raw.setdefault(role, []).append(_mean_loss(s, seed, store, downstream))
-            except NodeError as err:
-                if not role.endswith(":own_class"):
-                    raise
-                failed[role] = str(err).splitlines()[0]  # v's class cannot read the oracle input
-                raw.pop(role, None)
+    for role, s in systems.items():
+        try:
+            raw[role] = _mean_losses(fit, s, seeds, downstream, role)
+        except NodeError as err:
+            if not role.endswith(":own_class"):
+                raise
+            failed[role] = str(err).splitlines()[0]  # v's class cannot read the oracle input
 
     def best(role: str) -> np.ndarray:
         ref = np.asarray(raw[f"{role}:reference"])
@@ -405,6 +402,11 @@ def decompose(system: System, downstream: str, seeds: Iterable[int], store: Stor
     terms = terms_from_values({k: v for k, v in values.items() if not k.startswith("reference(")})
     v_node = system.specs[downstream].node
     warnings = _warnings(values, terms, reference, v_node, est, confidence)
+    if system.specs[downstream].fit_split == est.large_split or _same_data(system, downstream, est):
+        warnings.append(
+            f"the large split {est.large_split!r} holds the same samples as {downstream!r}'s training "
+            f"split {system.specs[downstream].fit_split!r}: L_H(u) is then v as trained, so the "
+            "estimation error is 0 by construction; give the decomposition a larger split")
     warnings += [f"{role}: v's own class could not be fitted there ({msg}); the reference alone is used"
                  for role, msg in failed.items()]
     for w in warnings:
@@ -434,6 +436,25 @@ def decompose(system: System, downstream: str, seeds: Iterable[int], store: Stor
         "store": {"hits": store.stats.hits - hits0, "misses": store.stats.misses - misses0},
     }
     return Decomposition(downstream, ups, seeds, values, terms, report, systems)
+
+
+def _same_data(system: System, downstream: str, est: Estimators) -> bool:
+    """Whether every source ``downstream`` reads serves its fit split and the large split with
+    the same data (an alias such as ``large: train`` on an unlimited source)."""
+    spec = system.specs[downstream]
+    sources = {parse_ref(r)[0] for r in [*spec.inputs.values(), *spec.targets.values()]}
+    sources = {u for u in system.ancestors(downstream) | sources if system.specs[u].node.is_source}
+    if not sources:
+        return False
+    for name in sources:
+        node = system.specs[name].node
+        aliases = dict(getattr(node, "aliases", None) or {})
+        limits = dict(getattr(node, "limits", None) or {})
+        if aliases.get(est.large_split, est.large_split) != aliases.get(spec.fit_split, spec.fit_split):
+            return False
+        if limits.get(est.large_split) != limits.get(spec.fit_split):
+            return False
+    return True
 
 
 def _short_params(node: BaseNode) -> str:
@@ -527,7 +548,7 @@ def explain(report: Mapping[str, Any]) -> str:
     mech = _mechanism(term)
     changed = " and ".join(repr(u) for u in report["changed"])
     worse = total["mean"] > 0
-    verb = "made" if report.get("self_defeating") else "changed"
+    verb = "made"
     noise = total["ci"][0] <= 0 <= total["ci"][1]   # the interval holds no change: say so first
     head = (f"Improving {changed} {verb} {report['downstream']!r} "
             f"{'worse' if worse else 'better'}: its {report['loss']} "
@@ -548,7 +569,6 @@ def explain(report: Mapping[str, Any]) -> str:
 
 
 def _changed_nodes(old: System, new: System, changed: str | Sequence[str] | None) -> list[str]:
-    from entangle.compare import infer_changed
     if changed is None:
         found = infer_changed(old, new)
         if not found:
@@ -560,24 +580,24 @@ def _changed_nodes(old: System, new: System, changed: str | Sequence[str] | None
 def decompose_change(old: System, new: System, downstream: str, seeds: Iterable[int], store: Store, *,
                      changed: str | Sequence[str] | None = None,
                      estimators: Estimators | None = None,
-                     confidence: float = 0.95, judged: Sequence[str] | None = None,
-                     judge_split: str | None = None) -> ChangeDecomposition:
+                     confidence: float = 0.95, fit: Fit | None = None) -> ChangeDecomposition:
     """Decompose how ``downstream``'s risk changed between ``old`` and ``new`` (paired by seed).
 
     With several changed nodes, the upstream delta splits into one part per changed node (only
-    that node swapped to its new version) and the compatibility delta (the rest). The change is
-    *self-defeating* when every ``judged`` node (default: the changed ones) improved on its own
-    metric on ``judge_split`` (default: the eval split) and the downstream's loss rose beyond noise.
+    that node swapped to its new version) and the compatibility delta (the rest). The report
+    explains a change; whether it is self-defeating is decided once, by the improvement study
+    (:func:`entangle.compare.improvement`, the rule in :mod:`entangle.stats`).
     """
     est = estimators or Estimators()
     seeds = [int(s) for s in seeds]
+    fit = _fitter(store, fit)
     names = _changed_nodes(old, new, changed)
     for u in names:
         if u not in old.specs or u not in new.specs:
             raise DecompositionError(f"changed node {u!r} is not in both systems")
     hits0, misses0 = store.stats.hits, store.stats.misses
-    d_old = decompose(old, downstream, seeds, store, estimators=est, confidence=confidence)
-    d_new = decompose(new, downstream, seeds, store, estimators=est, confidence=confidence)
+    d_old = decompose(old, downstream, seeds, store, estimators=est, confidence=confidence, fit=fit)
+    d_new = decompose(new, downstream, seeds, store, estimators=est, confidence=confidence, fit=fit)
     deltas: dict[str, np.ndarray] = {
         "total": d_new.values["L(v̂∘u)"] - d_old.values["L(v̂∘u)"],
         "upstream": d_new.terms["upstream"] - d_old.terms["upstream"],
@@ -589,23 +609,14 @@ def decompose_change(old: System, new: System, downstream: str, seeds: Iterable[
         _, reference = _check(old, downstream, est)
         for u in names:
             mixed = old.replace(u, new.specs[u])
-            sys_ref = _with_oracles(mixed, downstream, est, [], (), reference)
-            sys_own = mixed.with_spec(downstream, fit_split=est.large_split)
-            vals = []
-            for seed in seeds:
-                r = _mean_loss(sys_ref, seed, store, downstream)
-                if est.clip_reference:
-                    r = min(r, _mean_loss(sys_own, seed, store, downstream))
-                vals.append(r)
-            swapped[u] = vals
-            deltas[f"upstream:{u}"] = np.asarray(vals) - d_old.values["L*(u)"]
+            vals = np.asarray(_mean_losses(fit, _with_oracles(mixed, downstream, est, [], (), reference),
+                                           seeds, downstream, f"only {u!r} new: reference"))
+            if est.clip_reference:
+                vals = np.minimum(vals, _mean_losses(fit, mixed.with_spec(downstream, fit_split=est.large_split),
+                                                     seeds, downstream, f"only {u!r} new: own class"))
+            swapped[u] = vals.tolist()
+            deltas[f"upstream:{u}"] = vals - d_old.values["L*(u)"]
         deltas["compatibility"] = deltas["upstream"] - sum(deltas[f"upstream:{u}"] for u in names)
-    upstream_verdicts = _upstream_verdicts(d_old, d_new, list(judged) if judged else names, store,
-                                           confidence, judge_split)
-    total = paired_delta(d_old.values["L(v̂∘u)"], d_new.values["L(v̂∘u)"], higher_is_better=False,
-                         confidence=confidence)
-    self_defeating = (total.verdict == WORSE and bool(upstream_verdicts)
-                      and all(v == IMPROVED for v in upstream_verdicts.values()))
     term = dominant_term(deltas, float(np.mean(deltas["total"])))
     report = {
         "downstream": downstream,
@@ -616,31 +627,33 @@ def decompose_change(old: System, new: System, downstream: str, seeds: Iterable[
         "new": d_new.report,
         "deltas": {k: interval(v, confidence) for k, v in deltas.items()},
         "swapped": {u: interval(v, confidence) for u, v in swapped.items()},
-        "upstream_verdicts": upstream_verdicts,
-        "downstream_verdict": total.verdict,
-        "self_defeating": self_defeating,
         "dominant_term": term,
         "dominant": _mechanism(term),
+        "warnings": sorted(set(d_old.report["warnings"]) | set(d_new.report["warnings"])),
         "store": {"hits": store.stats.hits - hits0, "misses": store.stats.misses - misses0},
     }
     report["sentence"] = explain(report)
     return ChangeDecomposition(d_old, d_new, deltas, report)
 
 
-def _upstream_verdicts(d_old: Decomposition, d_new: Decomposition, names: Sequence[str], store: Store,
-                       confidence: float, split: str | None = None) -> dict[str, str]:
-    """Each judged node's verdict on its own metric (from the store; nothing is refitted)."""
-    from entangle.executor import Run
-    old_sys, new_sys = d_old.systems["trained"], d_new.systems["trained"]
-    out = {}
-    for u in names:
-        node = new_sys.specs[u].node
-        if not new_sys.specs[u].targets or node.metric != old_sys.specs[u].node.metric:
-            out[u] = NOISE
-            continue
-        o = [Run(old_sys, s, store).metrics(u, split)[node.metric] for s in d_old.seeds]
-        n = [Run(new_sys, s, store).metrics(u, split)[node.metric] for s in d_new.seeds]
-        out[u] = paired_delta(o, n, higher_is_better=bool(node.higher_is_better), confidence=confidence).verdict
+def decomposition(study: Study, *, nodes: Mapping[str, Any] | None = None,
+                  seeds: Sequence[int] | None = None, confidence: float = 0.95) -> dict[str, Any]:
+    """The analysis: decompose how each downstream in ``nodes`` changed from the study's old
+    system to its new one, every derived system fitted through the study.
+
+    ``nodes`` maps a downstream node to its estimators (an :class:`Estimators` or its config;
+    None for defaults); ``seeds`` restricts the decomposition to some of the study's seeds (the
+    derived systems cost a fit per seed each). Returns ``{downstream: change report}``.
+    """
+    seeds = list(seeds) if seeds is not None else list(study.seeds)
+    out: dict[str, Any] = {}
+    for v, cfg in (nodes or {}).items():
+        est = cfg if isinstance(cfg, Estimators) else Estimators.from_config(cfg, where=f"decomposition.{v}")
+        change = decompose_change(study.old, study.new, str(v), seeds, study.store,
+                                  changed=getattr(study, "changed_nodes", None) or study.changed,
+                                  estimators=est, confidence=confidence, fit=study.fit)
+        out[str(v)] = change.report
+        log.info("decomposition of %s: %s", v, change.report["sentence"])
     return out
 
 

@@ -1,7 +1,9 @@
 """The node protocol every model and data source implements, and adapters for common kinds.
 
 This module sits at the bottom of the dependency order (it imports nothing else from
-``entangle``), so every other module can depend on it without cycles.
+``entangle`` at module level), so every other module can depend on it without cycles;
+:meth:`TorchNode.fit` reaches the training loop (:mod:`entangle.training`) when it runs, as it
+reaches torch, so that importing the protocol stays light.
 
 A node is a scikit-learn style object: hyperparameters are keyword arguments of ``__init__``
 stored unchanged (``get_params`` is the single source for hashing, cloning and configs),
@@ -373,7 +375,7 @@ class FunctionNode(BaseNode):
 
 
 class TorchNode(BaseNode):
-    """Wraps a torch module factory and a loss: full-batch-free minibatch Adam training.
+    """Wraps a torch module factory and a loss: minibatch Adam training (:func:`entangle.training.train`).
 
     ``module`` is a factory (Hydra ``_partial_: true`` or a class) called after seeding, so the
     seed fixes initialisation; inputs are concatenated (sorted by name) into one float tensor.
@@ -424,12 +426,6 @@ class TorchNode(BaseNode):
     def higher_is_better(self) -> bool:  # type: ignore[override]
         return self.criterion == "cross_entropy"
 
-    def _device(self):
-        import torch
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
     def _objective(self, targets: Mapping[str, Any]):
         """Training targets (one row per sample) and the batch loss ``crit(output, rows)``."""
         import torch
@@ -443,34 +439,26 @@ class TorchNode(BaseNode):
 
     def fit(self, inputs, targets, *, seed):
         import torch
+
+        # imported here, as torch is: importing the protocol must not import torch
+        from entangle.training import resolve_device, train
         torch.manual_seed(seed)
-        dev = self._device()
+        dev = resolve_device(self.device)
         X = torch.as_tensor(_stack_inputs(inputs), dtype=torch.float32)
         y, crit = self._objective(targets)
         if len(y) != len(X):
             raise ValueError(f"{type(self).__name__}: {len(X)} input rows but {len(y)} target rows")
-        net = self.module().to(dev)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        gen = torch.Generator().manual_seed(seed)
-        n = len(X)
-        keep = min(int(self.checkpoints), int(self.epochs))
-        snapshots = []
-        for epoch in range(self.epochs):
-            perm = torch.randperm(n, generator=gen)
-            for start in range(0, n, self.batch_size):
-                idx = perm[start:start + self.batch_size]
-                opt.zero_grad()
-                out = net(X[idx].to(dev))
-                loss = crit(out, y[idx].to(dev))
-                if not torch.isfinite(loss):
-                    raise NodeError(f"training loss became {loss.item()} at epoch {epoch}, "
-                                    f"step {start // self.batch_size} (seed {seed})")
-                loss.backward()
-                opt.step()
-            if epoch >= self.epochs - keep:
-                snapshots.append({k: v.detach().cpu().clone() for k, v in net.state_dict().items()})
-        self.module_ = net.cpu().eval()
-        self.checkpoints_ = snapshots
+        net = self.module()
+
+        def batch_loss(net, idx, step):
+            return crit(net(X[idx].to(dev)), y[idx].to(dev))
+
+        trained = train(net, batch_loss, epochs=self.epochs, n=len(X), batch_size=self.batch_size,
+                        seed=seed, lr=self.lr, weight_decay=self.weight_decay,
+                        keep_last=min(int(self.checkpoints), int(self.epochs)), device=dev,
+                        name=type(self).__name__)
+        self.module_ = trained.module
+        self.checkpoints_ = trained.checkpoints
         self._ckpt_nets = None
         return self
 

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from entangle.data.kitti import KittiDataset
+from entangle.data.labels import BOX_COLUMNS, CAR, L, PEDESTRIAN
 from entangle.data.world import write_world
 from entangle.models import boxes as bx
 from entangle.models.car_detector import CarDetector
 from entangle.models.detection_data import detection_batch
-from entangle.models.layout import BOX_COLUMNS, CAR, L, PEDESTRIAN
 from entangle.models.pedestrian_detector import PedestrianDetector
 from entangle.models.pseudo_lidar import depth_to_points_batch
 from entangle.node import Ragged

@@ -82,7 +82,8 @@ def test_upstream_error_of_an_improvement_on_another_system(store):
     assert ch.deltas["upstream"] == pytest.approx(cf_delta, abs=0.05)
     assert abs(ch.deltas["approximation"]).max() < 0.03
     report = ch.report
-    assert report["upstream_verdicts"] == {"up": "improved"}
+    # one self-defeating rule, in the improvement study: the decomposition explains, never flags
+    assert not {"self_defeating", "upstream_verdicts", "downstream_verdict"} & set(report)
     assert report["deltas"]["total"]["mean"] == pytest.approx(
         sum(report["deltas"][k]["mean"] for k in ("upstream", "approximation", "estimation")))
     assert report["loss"] == "squared error" and report["sentence"].startswith("Improving 'up'")
@@ -179,3 +180,26 @@ def test_configuration_errors_name_the_field(store):
     built = Estimators.from_config({"reference": {"_target_": "entangle.models.mlp_node.MLPNode",
                                                   "hidden": [8]}, "oracle": {"up.pred": "data.x"}})
     assert isinstance(built.reference, MLPNode) and built.reference.hidden == [8]
+
+
+def test_a_large_split_that_is_the_training_data_is_said_aloud(store):
+    """Estimation error is 0 by construction when L_H(u) is fitted on v's own training data."""
+    from entangle.data.toy_systems import LinearGaussianSource
+
+    class Aliased(LinearGaussianSource):
+        """A source whose ``large`` split reads the ``train`` split's data (as WorldSource's aliases)."""
+
+        aliases = {"large": "train"}
+
+        def load(self, split, seed):
+            return super().load(self.aliases.get(split, split), seed)
+
+    base = chain_system(alpha=50.0, n=200)
+    src = base["data"]
+    aliased = base.replace("data", Aliased(**src.get_params()))
+    est = Estimators(reference="own", l_star="source", oracle=None)
+    d = decompose(aliased, "v", [0, 1], store, estimators=est)
+    assert any("holds the same samples as 'v''s training split" in w for w in d.report["warnings"])
+    assert d.terms["estimation"] == pytest.approx([0.0, 0.0], abs=1e-9)
+    plain = decompose(base, "v", [0, 1], store, estimators=est)
+    assert not any("same samples" in w for w in plain.report["warnings"])

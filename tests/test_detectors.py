@@ -13,8 +13,8 @@ import torch
 
 from entangle.models import boxes as bx
 from entangle.models.car_detector import BEVGrid, CarDetector
-from entangle.models.kitti_eval import class_rows, difficulty_of
-from entangle.models.layout import BOX_COLUMNS, CAR, L, PEDESTRIAN
+from entangle.data.kitti import difficulty_of
+from entangle.data.labels import BOX_COLUMNS, CAR, L, PEDESTRIAN, class_rows
 from entangle.models.pedestrian_detector import PedestrianDetector, PedestrianImageDetector
 from entangle.models.pseudo_lidar import depth_to_points_batch
 from entangle.node import Ragged

@@ -131,7 +131,7 @@ def test_failure_directions_experiment_report(compose_cfg, tmp_path):
 def test_object_depth_errors_by_hand():
     """One scene, two objects: one matched exactly, one 20 % too far on half its pixels."""
     from entangle.analysis.object_errors import failed, object_depth_errors
-    from entangle.models.layout import CAR, LABEL_COLUMNS, PEDESTRIAN, L
+    from entangle.data.labels import CAR, LABEL_COLUMNS, PEDESTRIAN, L
     from entangle.node import Ragged
     H, W, fb = 20, 40, 100.0
     gt = np.full((1, H, W), 2.0, dtype=np.float32)            # background at 50 m

@@ -10,9 +10,11 @@ import pytest
 import torch.utils.data
 
 from entangle.data.kitti import (Calib, KittiDataset, KittiFormatError, Object3D,
-                                 decode_disparity, difficulty, disparity_to_depth,
-                                 encode_disparity, read_calib, read_disparity, read_label,
-                                 write_calib, write_disparity, write_label, write_sample)
+                                 decode_disparity, difficulty, difficulty_of, disparity_to_depth,
+                                 encode_disparity, label_rows, read_calib, read_disparity,
+                                 read_label, write_calib, write_disparity, write_label,
+                                 write_sample)
+from entangle.data.labels import CLASS_IDS, L
 from entangle.data.world import WorldConfig, make_calib, render_scene, sample_scene, scene_rng
 
 # training/calib/000000.txt of KITTI object (the devkit's first frame).
@@ -126,9 +128,11 @@ def _obj(height, occluded=0, truncated=0.0, kind="Car"):
 
 
 @pytest.mark.parametrize("height, occ, trunc, image_height, expected", [
-    (40, 0, 0.0, 375, 0), (39.9, 0, 0.0, 375, 1), (40, 1, 0.0, 375, 1), (40, 0, 0.2, 375, 1),
-    (25, 2, 0.0, 375, 2), (25, 2, 0.5, 375, 2), (24.9, 0, 0.0, 375, -1), (60, 3, 0.0, 375, -1),
+    (40.1, 0, 0.0, 375, 0), (39.9, 0, 0.0, 375, 1), (40, 1, 0.0, 375, 1), (40, 0, 0.2, 375, 1),
+    (25.1, 2, 0.0, 375, 2), (25.1, 2, 0.5, 375, 2), (24.9, 0, 0.0, 375, -1), (60, 3, 0.0, 375, -1),
     (60, 0, 0.51, 375, -1),
+    # the devkit's limits are strict: a box exactly 40 (25) px high is not easy (not hard)
+    (40, 0, 0.0, 375, 1), (25, 2, 0.0, 375, -1),
     # heights scale with the image: 40 px at 375 rows is 13.65 px at 128 rows
     (13.7, 0, 0.0, 128, 0), (13.6, 0, 0.0, 128, 1), (8.6, 0, 0.0, 128, 1), (8.5, 0, 0.0, 128, -1),
 ])
@@ -138,6 +142,18 @@ def test_difficulty_follows_kitti_rules(height, occ, trunc, image_height, expect
 
 def test_dontcare_has_no_difficulty():
     assert difficulty(_obj(100, kind="DontCare")) == -1
+
+
+def test_label_rows_carry_the_per_object_difficulty():
+    rng = np.random.default_rng(0)
+    objs = [_obj(rng.choice([8.5, 8.533, 8.6, 13.6, 13.7, 30.0]), int(rng.integers(0, 4)),
+                 float(rng.choice([0.0, 0.15, 0.3, 0.5, 0.6])), str(rng.choice(["Car", "DontCare"])))
+            for _ in range(200)]
+    rows = label_rows(objs, 128)
+    per_object = [difficulty(o, 128) for o in objs]
+    assert rows[:, L["difficulty"]].tolist() == per_object == difficulty_of(rows, 128).tolist()
+    assert rows[:, L["cls"]].tolist() == [CLASS_IDS[o.type] for o in objs]
+    assert set(per_object) == {-1, 0, 1, 2}
 
 
 def test_disparity_png_encoding_round_trips_and_marks_invalid(tmp_path):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from entangle.models import boxes as bx
-from entangle.models.kitti_eval import (DIFFICULTIES, IOU_SETS, class_rows, difficulty_of, evaluate,
-                                        flat_metrics, match_objects, min_heights)
-from entangle.models.layout import B, CAR, DONTCARE, L, PEDESTRIAN, VAN
+from entangle.data.kitti import difficulty_of, min_heights
+from entangle.data.labels import B, CAR, DONTCARE, L, PEDESTRIAN, VAN, class_rows
+from entangle.models.kitti_eval import DIFFICULTIES, IOU_SETS, evaluate, flat_metrics, match_objects
 from entangle.node import Ragged
 
 H = 128           # image height: the easy/moderate minimum heights become 13.65 / 8.53 px

@@ -68,11 +68,11 @@ def test_soft_targets_are_validated():
 
 @pytest.fixture(scope="module")
 def runs_and_store(tmp_path_factory):
-    from entangle.executor import LocalExecutor
     from entangle.store import Store
+    from entangle.study import Study
     store = Store(tmp_path_factory.mktemp("mitigation") / "store")
-    system = digits_system(epochs=3)
-    return system, LocalExecutor().run(system, [0, 1, 2, 3], store), store
+    study = Study(digits_system(epochs=3), seeds=[0, 1, 2, 3], store=store)
+    return study, study.runs("old"), store
 
 
 def test_ensemble_averages_the_stored_probabilities(runs_and_store):
@@ -84,10 +84,10 @@ def test_ensemble_averages_the_stored_probabilities(runs_and_store):
 
 
 def test_mitigation_study_compares_at_matched_runs(runs_and_store):
-    system, runs, store = runs_and_store
+    study, runs, store = runs_and_store
     with pytest.raises(StabilityError, match=r"at least 6 seeds.*'seeds', 'ensemble_size'"):
-        mitigate_instability(system, "digit", [0, 1, 2, 3], store, ensemble_size=3, runs=runs)
-    rep = mitigate_instability(system, "digit", [0, 1, 2, 3], store, ensemble_size=2, runs=runs)
+        mitigate_instability(study, "digit", ensemble_size=3)
+    rep = mitigate_instability(study, "digit", ensemble_size=2)
     assert rep["runs_per_entropy"] == 2 and rep["ensemble"]["members"] == [[0, 1], [2, 3]]
     assert rep["ensemble"]["train_cost_relative"] == 2.0
     base, ens, ls = rep["single"], rep["ensemble"], rep["label_smoothing"]

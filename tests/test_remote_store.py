@@ -159,7 +159,7 @@ def test_remote_file_names_cannot_escape_the_entry(tmp_path, remote):
 def test_study_on_a_second_machine_recomputes_nothing(compose_cfg, tmp_path, monkeypatch):
     monkeypatch.delenv("ENTANGLE_STORE_REMOTE", raising=False)
     from entangle.cli import run
-    from entangle.tasks import make_store
+    from entangle.study import store_from_config as make_store
 
     url = f"memory://entangle-test-{uuid.uuid4().hex}"
     common = ("experiment=toy_pipeline", "profile=quick", f"store.remote={url}")

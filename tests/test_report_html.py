@@ -263,3 +263,46 @@ def test_named_records_and_flags_found_anywhere():
                                    "Improving 'u' made 'v' worse."]
     text = Page(render_html(report, None)).plain
     assert "loss — a knob" in text
+
+
+def test_hostile_strings_are_escaped_in_every_section(tmp_path):
+    """A string from a report is text wherever a template puts it (cells, headings, captions,
+    badges, attributes): markup in node, job, toy, corruption or file names never becomes markup."""
+    from entangle.report.html import TEMPLATES, Context, SECTIONS
+
+    bad = '<script>alert(1)</script>"\'&'
+    iv = {"mean": 0.1, "ci": [0.0, 0.2], "per_seed": [0.1]}
+    nodes = {bad: {"metric": bad, "higher_is_better": False, "old": [1.0, 1.1], "new": [0.5, 0.6],
+                   "delta_mean": -0.5, "delta_ci": [-0.6, -0.4], "verdict": "improved", "retrained": True},
+             "plain": {"metric": "acc", "verdict": bad}}
+    change = {"sentence": bad, "deltas": {bad: iv}, "new": {"terms": {"upstream": iv, bad: iv}},
+              "old": {"terms": {"upstream": iv, bad: iv}, "warnings": [bad], "estimators": {bad: bad}}}
+    report = {
+        "experiment": bad, "status": "failed", "error": bad, "traceback": bad, "seeds": [0, 1],
+        "changed": bad, "nodes": nodes, "split": bad, "test": bad,
+        "self_defeating": [{"upstream": bad, "downstream": bad, "explanation": bad}],
+        "decomposition": {bad: change},
+        "toys": [{"name": bad, "mechanism": bad, "description": bad, "sentence": bad,
+                  "dominant_term": bad, "terms": {bad: {"delta": {"closed_form": iv, "estimate": iv}}}}],
+        "criterion": bad,
+        "underspecification": {bad: {"iid_sd": 0.1, "families": {bad: 2.0}, "subpopulations": {bad: 1.5},
+                                     "corruptions": {bad: {"ratio": 2.0, "ratio_by_severity": [1.0]}}}},
+        "severities": [bad],
+        "jobs": [{"job": bad, "overrides": [bad, "a=1"], "status": bad, f"{bad}.delta": 0.5,
+                  f"{bad}.verdict": bad, "self_defeating": [bad]},
+                 {"job": "1", "overrides": [bad, "a=2"], "status": "ok"}],
+        "failures": [{"job": bad, "overrides": [bad], "error": bad}], "sweep_dir": bad,
+        "problems": [{"file": bad, "message": bad}], "counts": {bad: {bad: 1}}, "root": bad,
+        "valid_ids": [bad], "references": {bad: [bad, 1]}, "headline": bad, bad: {bad: [{"name": bad}]},
+    }
+    save_png(tmp_path / "stress_x.png")
+    html = render_html(report, tmp_path, title=bad, summary=[bad])
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert 'alt="stress_x.png"' in html and "\"'&<" not in html
+    Page(html)
+    # every section's template sits where the package data pattern (report/templates/*.j2) ships it
+    ctx = Context(report, tmp_path, {})
+    used = {s["template"] for build in SECTIONS for got in [build(report, ctx)] if got
+            for s in (got if isinstance(got, list) else [got])}
+    assert len(used) >= 8
+    assert all("/" not in t and t.endswith(".j2") and (TEMPLATES / t).is_file() for t in used)

@@ -7,11 +7,12 @@ import functools
 import numpy as np
 import pytest
 
-from entangle.analysis.churn import mean_interval, seed_pairs, version_churn
+from entangle.analysis.churn import seed_pairs, version_churn
 from entangle.analysis.stability import (OutcomeSpec, StabilityError, checkpoint_instability, enrichment,
                                          flip_rates, label_entropy, outcome_arrays, pairwise_disagreement,
                                          resolve_spec, seed_instability)
 from entangle.compare import compare
+from entangle.study import Study
 from entangle.data.digit_tasks import derived_labels
 from entangle.data.digits import DigitsSource
 from entangle.models.mlp import MLP
@@ -107,12 +108,9 @@ def test_node_attributes_merge_shared_and_own_items():
     assert set(node_attributes(attrs, "depth")) == {"night"}
 
 
-def test_mean_interval_and_seed_pairs():
+def test_seed_pairs():
     assert seed_pairs([4, 5]) == [(4, 5)]
     assert seed_pairs([1, 2, 3]) == [(1, 2), (2, 3), (3, 1)]
-    m = mean_interval([1.0, 2.0, 3.0])
-    assert m["mean"] == 2.0 and m["ci"][0] < 2.0 < m["ci"][1]
-    assert mean_interval([1.0])["ci"] == [None, None]
 
 
 # -- TorchNode checkpoints ---------------------------------------------------------------------
@@ -148,8 +146,7 @@ def tiny_study(tmp_path_factory):
 def test_seed_and_checkpoint_instability_match_the_stored_predictions(tiny_study):
     study, store = tiny_study
     runs = study.old_runs
-    inst = seed_instability(study.old, "digit", [0, 1, 2], store, runs=runs,
-                            attributes={"digit": runs[0].values("data", "test")["y"]})
+    inst = seed_instability(study, "digit", attributes={"digit": runs[0].values("data", "test")["y"]})
     preds = np.stack([runs[s].values("digit", "test")["pred"] for s in (0, 1, 2)])
     y = runs[0].values("data", "test")["y"]
     unstable = ~np.all(preds == preds[0], axis=0)
@@ -157,15 +154,16 @@ def test_seed_and_checkpoint_instability_match_the_stored_predictions(tiny_study
     assert inst.report["unstable_fraction"] == pytest.approx(unstable.mean())
     assert inst.report["accuracy_per_seed"] == pytest.approx([runs[s].metrics("digit")["accuracy"] for s in (0, 1, 2)])
     np.testing.assert_allclose(inst.entropy, label_entropy(preds))
-    ck = checkpoint_instability(study.old, "digit", [0, 1, 2], store, runs=runs, across_seeds=inst)
+    ck = checkpoint_instability(study, "digit", across_seeds=inst)
     own = label_entropy(runs[1].values("digit", "test")["ckpt_pred"].T, option="checkpoints")
     assert ck["report"]["per_seed"][1]["mean_entropy"] == pytest.approx(own.mean())
     assert ck["report"]["per_seed"][1]["n_checkpoints"] == 3
     assert -1.0 <= ck["report"]["spearman_with_seed_entropy"] <= 1.0
+    one = Study(study.old, seeds=[0], store=store)
     with pytest.raises(StabilityError, match="at least 2 seeds, got \\[0\\] \\(option 'seeds'\\)"):
-        seed_instability(study.old, "digit", [0], store, runs=runs)
+        seed_instability(one, "digit")
     with pytest.raises(StabilityError, match="'tasks' has no targets"):
-        seed_instability(study.old, "tasks", [0, 1], store, runs=runs)
+        seed_instability(study, "tasks")
 
 
 def test_version_churn_matches_flips_counted_by_hand(tiny_study):
@@ -192,13 +190,13 @@ def test_resampled_data_is_refused_for_per_item_comparisons(tmp_path):
                      "reg": NodeSpec(SklearnNode(estimator=Ridge()), inputs={"x": "data.x"},
                                      targets={"y": "data.y"}, output=True)})
     with pytest.raises(StabilityError, match="differs between seeds 0 and 1.*fix its data seed"):
-        seed_instability(system, "reg", [0, 1], Store(tmp_path / "s"))
+        seed_instability(Study(system, seeds=[0, 1], store=Store(tmp_path / "s")), "reg")
 
 
 def test_world_attributes_give_each_detector_its_objects():
     from entangle.data.world_attributes import world_attributes
     from entangle.data.world_source import OBJECT_ATTRIBUTES
-    from entangle.models.layout import CAR, LABEL_COLUMNS, PEDESTRIAN, L
+    from entangle.data.labels import CAR, LABEL_COLUMNS, PEDESTRIAN, L
     from entangle.node import Ragged
 
     def row(cls, z, occluded):

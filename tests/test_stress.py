@@ -8,10 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from entangle.analysis.stress import StressError, stress_test, subpopulation_mask
+from entangle.analysis.stress import StressError, stress, subpopulation_mask
 from entangle.data.digits import DigitsSource
 from entangle.models.mlp import MLP
 from entangle.node import Source, TorchNode
+from entangle.study import Study
 from entangle.system import NodeSpec, System
 
 CLS = functools.partial(TorchNode, criterion="cross_entropy", lr=0.01, batch_size=64, epochs=3)
@@ -61,7 +62,7 @@ def two_readers(tmp_path_factory):
 
 def test_stress_reruns_fitted_seeds_on_corrupted_images(two_readers):
     system, store = two_readers
-    res = stress_test(system, [0, 1, 2], store, images=["data.image"], corruptions=["gaussian_noise", "contrast"],
+    res = stress(Study(system, seeds=[0, 1, 2], store=store), images=["data.image"], corruptions=["gaussian_noise", "contrast"],
                       severities=[1, 5], subpopulations={"faint": {"attribute": "ink", "quantile": [0, 0.25]}},
                       attributes="entangle.data.digit_tasks.digit_attributes", matched_draws=5)
     rep = res.report
@@ -81,21 +82,21 @@ def test_stress_reruns_fitted_seeds_on_corrupted_images(two_readers):
     assert rep["subpopulations"]["faint"]["n_items"]["on_image"][0] == pytest.approx(0.25 * len(
         res.runs[0].values("data", "test")["y"]), abs=3)
     json.dumps(rep)
-    stress_test(system, [0, 1, 2], store, images=["data.image"], corruptions=["jpeg"], severities=[3])
+    stress(Study(system, seeds=[0, 1, 2], store=store), images=["data.image"], corruptions=["jpeg"], severities=[3])
     assert store.stats.misses == misses
 
 
 def test_stress_options_are_checked(two_readers):
     system, store = two_readers
     with pytest.raises(StressError, match=r"at least 2, got \[0\] \(option 'seeds'\)"):
-        stress_test(system, [0], store, images=["data.image"])
+        stress(Study(system, seeds=[0], store=store), images=["data.image"])
     with pytest.raises(StressError, match="option 'images': node 'data' has no output 'left'"):
-        stress_test(system, [0, 1], store, images=["data.left"])
+        stress(Study(system, seeds=[0, 1], store=store), images=["data.left"])
     with pytest.raises(StressError, match="no image outputs are given"):
-        stress_test(system, [0, 1], store, corruptions=["fog"])
+        stress(Study(system, seeds=[0, 1], store=store), corruptions=["fog"])
     from entangle.analysis.corruptions import CorruptionError
     with pytest.raises(CorruptionError, match="option 'severities'"):
-        stress_test(system, [0, 1], store, images=["data.image"], severities=[0])
+        stress(Study(system, seeds=[0, 1], store=store), images=["data.image"], severities=[0])
 
 
 def test_stereo_pairs_run_the_stereo_corruption(tmp_path):
@@ -106,12 +107,12 @@ def test_stereo_pairs_run_the_stereo_corruption(tmp_path):
                           inputs={"l": "data.left", "r": "data.right"}, targets={"y": "data.y"}, output=True),
     })
     store = Store(tmp_path / "s")
-    pair = stress_test(system, [0, 1], store, pairs=[["data.left", "data.right"]],
+    pair = stress(Study(system, seeds=[0, 1], store=store), pairs=[["data.left", "data.right"]],
                        corruptions=["stereo_mismatch", "fog"], severities=[5])
     assert pair.report["corruptions"] == ["stereo_mismatch", "fog"] and pair.report["skipped_corruptions"] == []
     mismatch = pair.report["corruption_metrics"]["stereo_mismatch"]["severities"]["5"]["match"]
     assert mismatch != pair.report["nodes"]["match"]["iid"]
-    single = stress_test(system, [0, 1], store, images=["data.left"], corruptions=["stereo_mismatch", "fog"],
+    single = stress(Study(system, seeds=[0, 1], store=store), images=["data.left"], corruptions=["stereo_mismatch", "fog"],
                          severities=[5])
     assert single.report["skipped_corruptions"] == ["stereo_mismatch"]
 
@@ -144,7 +145,7 @@ def test_node_specific_attributes_apply_to_that_node_only(two_readers):
         ink = digit_attributes(image)["ink"]
         return {"digit": y, "on_image": {"own_ink": ink}}   # an attribute of on_image's items only
 
-    rep = stress_test(system, [0, 1], store, images=["data.image"], corruptions=[], attributes=attrs,
+    rep = stress(Study(system, seeds=[0, 1], store=store), images=["data.image"], corruptions=[], attributes=attrs,
                       subpopulations={"faint": {"attribute": "own_ink", "quantile": [0, 0.3]},
                                       "sevens": {"attribute": "digit", "values": [7]}}, matched_draws=3).report
     assert rep["subpopulations"]["faint"]["nodes"]["on_x"] is None
@@ -152,7 +153,7 @@ def test_node_specific_attributes_apply_to_that_node_only(two_readers):
     assert rep["underspecification"]["on_x"]["subpopulations"]["faint"] is None
     assert rep["subpopulations"]["sevens"]["quantity"] == {"on_image": "accuracy", "on_x": "accuracy"}
     with pytest.raises(StressError, match=r"subpopulations.far.attribute: unknown attribute 'depth'"):
-        stress_test(system, [0, 1], store, images=["data.image"], corruptions=[], attributes=attrs,
+        stress(Study(system, seeds=[0, 1], store=store), images=["data.image"], corruptions=[], attributes=attrs,
                     subpopulations={"far": {"attribute": "depth", "quantile": [0.9, 1.0]}})
 
 
@@ -163,7 +164,7 @@ def test_node_specific_attributes_apply_to_that_node_only(two_readers):
 ])
 def test_experiment_bad_input_names_the_option(compose_cfg, tmp_path, override, message):
     from entangle.cli import run
-    from entangle.tasks import ConfigError
+    from entangle.study import ConfigError
     cfg = compose_cfg("experiment=stress", "profile=quick", override, f"store.root={tmp_path / 's'}")
     with pytest.raises(ConfigError, match=message):
         run(cfg)

@@ -26,7 +26,7 @@ from entangle.executor import LocalExecutor, check_seeds
 from entangle.node import BaseNode, NodeError, SklearnNode
 from entangle.store import Store, StoreError
 from entangle.system import NodeSpec, System
-from entangle.tasks import ConfigError
+from entangle.study import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 

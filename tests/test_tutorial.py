@@ -60,9 +60,11 @@ def test_tutorial_runs_as_written(tmp_path):
     lab, printed = run_tutorial(tmp_path)
     assert lab == tmp_path / "my_lab"
     assert "SGDLinear passes the node contract" in printed
+    assert "{'x': (50, 2), 't': (50,), 'y_a': (50,), 'y_b': (50,)}" in printed   # the source loads
     assert "my_study" in printed and "My study: relaxing the penalty" in printed
+    assert "_target_: my_source.TwoSensors\n      size: 2000" in printed   # --cfg job: the profile's size
 
-    # what section 3 says the study shows
+    # what section 4 says the study shows
     study = json.loads((lab / "runs" / "study" / "report.json").read_text())
     verdicts = {n: r["verdict"] for n, r in study["nodes"].items()}
     assert verdicts == {"upstream": "improved", "down_a": "worse", "down_b": "improved"}
@@ -72,7 +74,7 @@ def test_tutorial_runs_as_written(tmp_path):
     html = (lab / "runs" / "study" / "report.html").read_text()
     assert "Self-defeating" in html and "Error decomposition" in html
 
-    # section 4: both analyses ran on the same system and wrote their pages
+    # section 5: both analyses ran on the same system and wrote their pages
     stress = json.loads((lab / "runs" / "stress" / "report.json").read_text())
     assert set(stress["underspecification"]["down_a"]["subpopulations"]) == {"x0_high", "x1_high"}
     instability = json.loads((lab / "runs" / "instability" / "report.json").read_text())

@@ -18,26 +18,13 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable, Mapping, Sequence
 
-import numpy as np
-from scipy import stats
-
 from entangle.analysis.stability import (OutcomeSpec, StabilityError, check_same_items, flip_rates,
-                                         reference_spec, run_outcomes)
-from entangle.compare import paired_delta
+                                         outcome_specs, reference_spec, run_outcomes)
+from entangle.stats import interval, paired_delta
 
 log = logging.getLogger(__name__)
 
 RATES = ("churn", "nfr", "pfr")
-
-
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
-    """Mean, the t interval of the mean over seeds, and the values (interval null for one value)."""
-    v = np.asarray(values, dtype=np.float64)
-    mean = float(v.mean()) if len(v) else float("nan")
-    if len(v) < 2:
-        return {"mean": mean, "ci": [None, None], "per_seed": v.tolist()}
-    half = float(stats.t.ppf(0.5 + confidence / 2, df=len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return {"mean": mean, "ci": [mean - half, mean + half], "per_seed": v.tolist()}
 
 
 def seed_pairs(seeds: Sequence[int]) -> list[tuple[int, int]]:
@@ -68,30 +55,32 @@ def churn_between(a_runs: Mapping[int, Any], b_runs: Mapping[int, Any], node: st
 
 
 def version_churn(study: Any, *, nodes: Sequence[str] | None = None, split: str | None = None,
-                  specs: Mapping[str, OutcomeSpec] | None = None,
+                  specs: Mapping[str, OutcomeSpec] | None = None, outcomes: Mapping[str, Any] | None = None,
                   confidence: float = 0.95) -> dict[str, Any]:
     """Per retrained node of an improvement study: version flips vs seed-to-seed flips.
 
-    ``study`` is a :class:`~entangle.compare.Study` (its old and new runs are reused; nothing is
-    refitted). ``nodes`` defaults to the changed node and its descendants with targets. Returns
+    ``study`` is a :class:`~entangle.study.Study` with a new system (its runs are fitted once,
+    through the study; nothing is refitted). ``specs`` (or their config, ``outcomes``) read
+    each node's items. ``nodes`` defaults to the changed node and its descendants with targets. Returns
     ``{"seeds", "split", "nodes": {name: {"version": {rate: mean/ci/per_seed}, "seed_old": ...,
     "seed_new": ..., "version_minus_seed": {rate: {mean, ci, verdict}}, "outcome": ...}}}``;
     a ``version_minus_seed`` verdict ``worse`` means the version flips more than retraining.
     """
-    seeds = [int(s) for s in study.report["seeds"]]
+    seeds = list(study.seeds)
     pairs = seed_pairs(seeds)
-    changed = study.report["changed"]
+    changed = study.changed
     old, new = study.old, study.new
     split = split or new.eval_split
+    specs = dict(specs or outcome_specs(outcomes))
+    below = set(study.changed_nodes).union(*(new.descendants(c) for c in study.changed_nodes))
     if nodes is None:
-        nodes = [n for n in new.models() if n in old.specs and old.specs[n].targets
-                 and (n == changed or n in new.descendants(changed))]
+        nodes = [n for n in new.models() if n in old.specs and old.specs[n].targets and n in below]
     result: dict[str, Any] = {"changed": changed, "seeds": seeds, "split": split,
                               "seed_pairs": [list(p) for p in pairs], "nodes": {}}
     for name in nodes:
         if name not in old.specs or name not in new.specs:
             raise StabilityError(f"churn node {name!r} is not in both systems")
-        base = (specs or {}).get(name, OutcomeSpec())
+        base = specs.get(name, OutcomeSpec())
         spec = reference_spec(study.old_runs[seeds[0]], name, split, base)
         version = churn_between(study.old_runs, study.new_runs, name, [(s, s) for s in seeds],
                                 split=split, spec=spec)
@@ -102,7 +91,7 @@ def version_churn(study: Any, *, nodes: Sequence[str] | None = None, split: str 
             "n_items": version[0]["n"],
         }
         for label, rows in (("version", version), ("seed_old", seed_old), ("seed_new", seed_new)):
-            entry[label] = {r: mean_interval([row[r] for row in rows], confidence) for r in RATES}
+            entry[label] = {r: interval([row[r] for row in rows], confidence) for r in RATES}
         # pair version seed s with the seed pair that starts at s (same length n for n >= 3)
         diff: dict[str, Any] = {}
         if len(seed_old) == len(version):

@@ -16,11 +16,16 @@ self-defeating flag went away.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from entangle.analysis.directions import describe, fit_direction, negative_flips
+from entangle.analysis.failure_directions import _attribute_names, _features, ref_value
+from entangle.analysis.planted import grade_direction
+from entangle.analysis.regions import DigitStyleSpace, find_regions
 from entangle.node import ANY, BaseNode, NotFittedError, Source, take
+from entangle.study import ConfigError
 from entangle.system import NodeSpec, System, parse_ref
 
 log = logging.getLogger(__name__)
@@ -232,9 +237,98 @@ def flag_summary(report: Mapping[str, Any], failing: str | None = None) -> dict[
     return out
 
 
-def refix(old: System, fixed: System, seeds: Iterable[int], store: Any, *, changed: str,
-          failing: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """Re-run the improvement study old → fixed new system; returns the study and its flag summary."""
-    from entangle.compare import compare
-    study = compare(old, fixed, list(seeds), store, changed=changed)
-    return study, flag_summary(study.report, failing)
+def refix(study: Any, fixed: System, *, failing: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Re-run the study's improvement with the fixed new system (same seeds, store, executor);
+    returns the improvement report and its flag summary."""
+    from entangle.compare import improvement
+    from entangle.study import Study
+    again = Study(study.old, new=fixed.labelled("fixed new system"), changed=study.changed_nodes,
+                  seeds=study.seeds, store=study.store, executor=study.executor)
+    report = improvement(again)
+    return report, flag_summary(report, failing)
+
+
+def flip_direction(study: Any, failing: str, dcfg: Any, k: int = 50) -> tuple[Any, dict]:
+    """The failing node's negative-flip direction from the study's old to its new system,
+    pooled over seeds, and its held-out grading."""
+    seeds_ = list(study.seeds)
+    fit_s, eval_s = str(dcfg.fit_split), str(dcfg.get("eval_split", study.new.eval_split))
+    feats = str(dcfg.features)
+    X, y = [], []
+    for s in seeds_:
+        o, n = study.old_runs[s], study.new_runs[s]
+        eo, en = node_errors(o, failing, fit_s), node_errors(n, failing, fit_s)
+        F = _features(ref_value(n, feats, fit_s))
+        X.append(F[~eo])
+        y.append(en[~eo])
+    direction = fit_direction(np.concatenate(X), np.concatenate(y), seed=seeds_[0])
+    per_seed = []
+    for s in seeds_:
+        o, n = study.old_runs[s], study.new_runs[s]
+        eo, en = node_errors(o, failing, eval_s), node_errors(n, failing, eval_s)
+        flips = negative_flips(eo, en)
+        F = _features(ref_value(n, feats, eval_s))[~eo]
+        scores = direction.decision(F)
+        entry: dict[str, Any] = {"seed": s, "n_flips": int(flips.sum()),
+                                 "heldout_auroc": direction.auroc(F, flips[~eo])}
+        if dcfg.get("planted"):
+            planted = ref_value(n, str(dcfg.planted), eval_s).astype(bool)[~eo]
+            entry["planted"] = grade_direction(scores, planted, flips[~eo], k=k)
+        if dcfg.get("attributes"):
+            attrs = _features(ref_value(n, str(dcfg.attributes), eval_s))[~eo]
+            names = _attribute_names(study.new, dcfg, attrs.shape[1])
+            entry["attributes"] = describe(scores, attrs, names)[:5]
+            if dcfg.get("labels") and flips.any():
+                # across classes, attributes partly describe the class; within the class that
+                # flipped most they describe the subpopulation
+                labels = ref_value(n, str(dcfg.labels), eval_s)[~eo]
+                vals, counts = np.unique(labels[flips[~eo]], return_counts=True)
+                c = vals[np.argmax(counts)]
+                entry["class"] = c.item()
+                entry["attributes_in_class"] = describe(scores[labels == c], attrs[labels == c], names)[:5]
+        per_seed.append(entry)
+    return direction, {"features": feats, **direction.summary(), "per_seed": per_seed}
+
+
+def region_data(study: Any, failing: str, rcfg: Any, seed: int) -> tuple[dict, dict]:
+    """Regions of the failing node's errors (in the study's new system) in the simulator's
+    latent space, and the simulator-labelled samples to add from the confirmed ones."""
+    src_name = str(rcfg.source)
+    source = study.new[src_name]
+    if not all(hasattr(source, a) for a in ("render", "bases", "sample_style")):
+        raise ConfigError(f"regions.source={src_name!r} is not a simulator (needs render, bases, sample_style)")
+    run = study.new_runs[seed]
+    space = DigitStyleSpace(source, source.bases(str(rcfg.probe_split), seed))
+    rng = np.random.default_rng([seed, 41])
+
+    def errors(pr):
+        return errors_with(run, failing, {(src_name, k): v for k, v in pr.outputs.items()})
+
+    pr = space.sample(int(rcfg.n_probe), rng)
+    err = errors(pr)
+    regs = find_regions(pr.latents, err, groups=pr.groups, method=str(rcfg.method),
+                        max_regions=int(rcfg.max_regions), min_members=int(rcfg.min_members), seed=seed)
+    info: dict[str, Any] = {"n_probe": len(pr), "probe_error_rate": float(err.mean()), "regions": []}
+    bugs = []
+    for r in regs:
+        held = space.sample_region(r, int(rcfg.n_eval), rng)
+        rate = float(errors(held).mean())
+        entry = {**r.summary(), "error_rate": rate, "bug": rate >= float(rcfg.min_error_rate)}
+        if held.planted is not None:
+            entry["planted_share"] = float(held.planted.mean())
+        info["regions"].append(entry)
+        if entry["bug"]:
+            bugs.append(r)
+    info["bugs"] = [r.index for r in bugs]
+    if not bugs:
+        return info, {}
+    n_add = int(rcfg.n_add)
+    weights = np.array([r.n_members for r in bugs], dtype=np.float64)
+    counts = np.maximum(1, np.round(n_add * weights / weights.sum()).astype(int))
+    parts = [space.sample_region(r, int(c), rng).outputs for r, c in zip(bugs, counts)]
+    extra = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    info["n_added"] = int(sum(counts))
+    return info, extra
+
+
+

@@ -29,14 +29,13 @@ import logging
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
-
-from entangle.analysis.churn import mean_interval, seed_pairs
+from entangle.analysis.churn import seed_pairs
 from entangle.analysis.stability import (OutcomeSpec, Outcomes, StabilityError, check_same_items, flip_rates,
                                          label_entropy, node_targets, outcome_arrays,
                                          pairwise_disagreement, reference_spec, run_outcomes)
 from entangle.node import TorchNode
-from entangle.store import Store
+from entangle.progress import progress
+from entangle.stats import interval
 from entangle.system import System
 
 log = logging.getLogger(__name__)
@@ -171,20 +170,19 @@ def _classifier_params(system: System, name: str, what: str) -> dict[str, Any]:
     return {k: params[k] for k in TorchNode._param_names()}
 
 
-def teacher_soft_targets(system: System, name: str, teacher_seed: int, store: Store, *,
-                         temperature: float = 2.0, checkpoints: int = 5) -> tuple[np.ndarray, Any]:
+def teacher_soft_targets(study: Any, name: str, teacher_seed: int, *, temperature: float = 2.0,
+                         checkpoints: int = 5) -> tuple[np.ndarray, Any]:
     """Soft targets ``(train samples, classes)``: the teacher's ``softmax(logit / T)`` averaged
-    over its last checkpoints, on the node's fit split. Returns them and the teacher's run."""
-    from entangle.executor import Run
-
+    over its last checkpoints, on the node's fit split. Returns them and the teacher's run
+    (fitted through the study)."""
+    system = study.old
     if temperature <= 0:
         raise StabilityError(f"temperature must be > 0 (option 'temperature'), got {temperature}")
     params = _classifier_params(system, name, "guided label smoothing")
     teacher_sys = system
     if not params["checkpoints"]:
         teacher_sys = system.replace(name, TorchNode(**{**params, "checkpoints": int(checkpoints)}))
-    run = Run(teacher_sys, int(teacher_seed), store)
-    run.ensure(name)
+    run = study.fit(teacher_sys, [int(teacher_seed)], label=f"teacher of {name!r}")[int(teacher_seed)]
     fit_split = teacher_sys.specs[name].fit_split
     logits = np.asarray(run.values(name, fit_split)["ckpt_logit"], dtype=np.float64)  # (N, K, C)
     z = logits / temperature
@@ -239,19 +237,19 @@ def _fraction(base: float, mitigated: float, gold: float) -> float | None:
     return float((base - mitigated) / (base - gold))
 
 
-def mitigate_instability(system: System, name: str, seeds: Sequence[int], store: Store, *,
-                         ensemble_size: int = 5, temperature: float = 2.0, teacher_seed: int | None = None,
-                         checkpoints: int = 5, split: str | None = None,
-                         runs: Mapping[int, Any] | None = None) -> dict[str, Any]:
-    """Instability of ``name`` across retrainings: single models vs k-seed ensembles vs guided
-    label smoothing, with metric change, training cost and smoothing's share of the ensemble's gain.
+def mitigate_instability(study: Any, name: str, *, ensemble_size: int = 5, temperature: float = 2.0,
+                         teacher_seed: int | None = None, checkpoints: int = 5,
+                         split: str | None = None) -> dict[str, Any]:
+    """The analysis: instability of ``name`` in the study's old system across its seeds, single
+    models vs k-seed ensembles vs guided label smoothing, with metric change, training cost and
+    smoothing's share of the ensemble's gain.
 
     Needs at least ``2 * ensemble_size`` seeds (two disjoint ensembles). The teacher is one extra
-    run at ``teacher_seed`` (default: one past the largest seed), shared by every student.
+    run at ``teacher_seed`` (default: one past the largest seed), shared by every student; every
+    fit goes through the study.
     """
-    from entangle.executor import LocalExecutor, Run
-
-    seeds = [int(s) for s in seeds]
+    system = study.old
+    seeds = list(study.seeds)
     k = int(ensemble_size)
     if k < 2:
         raise StabilityError(f"ensemble_size must be at least 2, got {ensemble_size} (option 'ensemble_size')")
@@ -261,8 +259,7 @@ def mitigate_instability(system: System, name: str, seeds: Sequence[int], store:
     if name not in system.specs or not system.specs[name].targets:
         raise StabilityError(f"mitigation node {name!r} is not a model of the system (models: {system.models()})")
     split = split or system.eval_split
-    if runs is None or not all(s in runs for s in seeds):
-        runs = LocalExecutor().run(system, seeds, store)
+    runs = study.runs("old")
     for s in seeds[1:]:
         check_same_items(runs[seeds[0]], runs[s], name, split)
     spec = reference_spec(runs[seeds[0]], name, split, OutcomeSpec())
@@ -293,14 +290,12 @@ def mitigate_instability(system: System, name: str, seeds: Sequence[int], store:
 
     # guided label smoothing: one teacher, one student per seed
     teacher_seed = int(teacher_seed if teacher_seed is not None else max(seeds) + 1)
-    soft, teacher_run = teacher_soft_targets(system, name, teacher_seed, store,
-                                             temperature=temperature, checkpoints=checkpoints)
+    soft, teacher_run = teacher_soft_targets(study, name, teacher_seed, temperature=temperature,
+                                             checkpoints=checkpoints)
     params = _classifier_params(system, name, "guided label smoothing")
     student_sys = system.replace(name, SoftLabelNode(**params, soft_targets=soft.astype(np.float32)))
-    students = {s: Run(student_sys, s, store) for s in seeds}
     _same_training_data([teacher_run, *[runs[s] for s in seeds]], name, "guided label smoothing")
-    for run in tqdm(list(students.values()), desc=f"smoothed {name}", disable=None, leave=False):
-        run.ensure(name)
+    students = study.fit(student_sys, seeds, label=f"{name!r} with guided label smoothing")
     smooth_outs = [run_outcomes(students[s], name, split, spec) for s in seeds]
     smooth_labels = np.stack([o.labels for o in smooth_outs])
     student_secs = [_fit_seconds(students[s], name) for s in seeds]
@@ -346,9 +341,7 @@ def focal_distillation(study: Any, name: str, *, weight: float = 1.0, alpha: flo
     negative flip rate with plain and distilled retraining, the old version's seed-to-seed
     negative flip rate, the metric of both, and the training time.
     """
-    from entangle.executor import Run
-
-    seeds = [int(s) for s in study.report["seeds"]]
+    seeds = list(study.seeds)
     old, new = study.old, study.new
     if name not in old.specs or name not in new.specs or not new.specs[name].targets:
         raise StabilityError(f"distillation node {name!r} must be a model in both systems "
@@ -360,15 +353,14 @@ def focal_distillation(study: Any, name: str, *, weight: float = 1.0, alpha: flo
     plain, distilled, seed_rows, m_plain, m_dist, secs_plain, secs_dist = [], [], [], [], [], [], []
     plain_labels: list[np.ndarray] = []
     dist_labels: list[np.ndarray] = []
-    for s in tqdm(seeds, desc=f"distilled {name}", disable=None, leave=False):
+    for s in progress(seeds, desc=f"distilled {name}", leave=False):
         old_run, new_run = study.old_runs[s], study.new_runs[s]
         fit_split = old.specs[name].fit_split
         _same_training_data([old_run, new_run], name, "focal distillation")
         old_proba = np.asarray(old_run.values(name, fit_split)["proba"], dtype=np.float32)
         variant = FocalDistillNode(**params, old_proba=old_proba, weight=weight, alpha=alpha, beta=beta,
                                    temperature=temperature)
-        run = Run(new.replace(name, variant), s, study.new_runs[s].store)
-        run.ensure(name)
+        run = study.fit(new.replace(name, variant), [s], label=f"{name!r} distilled from the old version")[s]
         o_old = run_outcomes(old_run, name, split, spec)
         o_new = run_outcomes(new_run, name, split, spec)
         o_dist = run_outcomes(run, name, split, spec)
@@ -384,8 +376,8 @@ def focal_distillation(study: Any, name: str, *, weight: float = 1.0, alpha: flo
         a = run_outcomes(study.old_runs[i], name, split, spec)
         b = run_outcomes(study.old_runs[j], name, split, spec)
         seed_rows.append(flip_rates(a.correct, b.correct, a.labels, b.labels))
-    nfr_plain = mean_interval([r["nfr"] for r in plain], confidence)
-    nfr_dist = mean_interval([r["nfr"] for r in distilled], confidence)
+    nfr_plain = interval([r["nfr"] for r in plain], confidence)
+    nfr_dist = interval([r["nfr"] for r in distilled], confidence)
     stability = {}
     if len(seeds) >= 2:
         for label, labels in (("plain", plain_labels), ("distilled", dist_labels)):
@@ -395,12 +387,12 @@ def focal_distillation(study: Any, name: str, *, weight: float = 1.0, alpha: flo
         "node": name, "seeds": seeds, "split": split, "metric": metric,
         "params": {"weight": weight, "alpha": alpha, "beta": beta, "temperature": temperature},
         "nfr_plain": nfr_plain, "nfr_distilled": nfr_dist,
-        "churn_plain": mean_interval([r["churn"] for r in plain], confidence),
-        "churn_distilled": mean_interval([r["churn"] for r in distilled], confidence),
-        "nfr_seed_old": mean_interval([r["nfr"] for r in seed_rows], confidence),
+        "churn_plain": interval([r["churn"] for r in plain], confidence),
+        "churn_distilled": interval([r["churn"] for r in distilled], confidence),
+        "nfr_seed_old": interval([r["nfr"] for r in seed_rows], confidence),
         "nfr_reduction": nfr_plain["mean"] - nfr_dist["mean"],
-        "metric_plain": mean_interval(m_plain, confidence),
-        "metric_distilled": mean_interval(m_dist, confidence),
+        "metric_plain": interval(m_plain, confidence),
+        "metric_distilled": interval(m_dist, confidence),
         "fit_seconds_plain": float(np.mean(secs_plain)),
         "fit_seconds_distilled": float(np.mean(secs_dist)),
         "instability_across_seeds": stability,
@@ -414,7 +406,7 @@ def ensemble_version_flips(study: Any, name: str, ensemble_size: int = 5, *, spl
     Seeds are split into disjoint groups of ``k``; group ``g`` of the old version is compared with
     group ``g`` of the new, and, as the baseline, with the next group of the old version.
     """
-    seeds = [int(s) for s in study.report["seeds"]]
+    seeds = list(study.seeds)
     k = int(ensemble_size)
     groups = [seeds[i * k:(i + 1) * k] for i in range(len(seeds) // k)]
     if len(groups) < 2:
@@ -428,6 +420,6 @@ def ensemble_version_flips(study: Any, name: str, ensemble_size: int = 5, *, spl
     seed = [flip_rates(old[i].correct, old[j].correct, old[i].labels, old[j].labels)
             for i, j in seed_pairs(list(range(len(groups))))]
     return {"node": name, "k": k, "groups": groups,
-            "nfr_version": mean_interval([r["nfr"] for r in version], confidence),
-            "nfr_seed_old": mean_interval([r["nfr"] for r in seed], confidence),
-            "churn_version": mean_interval([r["churn"] for r in version], confidence)}
+            "nfr_version": interval([r["nfr"] for r in version], confidence),
+            "nfr_seed_old": interval([r["nfr"] for r in seed], confidence),
+            "churn_version": interval([r["churn"] for r in version], confidence)}

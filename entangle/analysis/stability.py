@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from entangle.store import Store
 from entangle.system import System, parse_ref
 
 log = logging.getLogger(__name__)
@@ -377,13 +376,6 @@ def summarize_entropy(entropy: np.ndarray, disagreement: np.ndarray | None = Non
     return out
 
 
-def _runs(system: System, seeds: Sequence[int], store: Store, runs: Mapping[int, Any] | None):
-    from entangle.executor import LocalExecutor
-    if runs is not None and all(int(s) in runs for s in seeds):
-        return {int(s): runs[int(s)] for s in seeds}
-    return LocalExecutor().run(system, seeds, store)
-
-
 def _check_model(system: System, name: str, option: str = "node") -> None:
     if name not in system.specs:
         raise StabilityError(f"{option}={name!r} is not a node of the system (nodes: {sorted(system.specs)})")
@@ -392,22 +384,22 @@ def _check_model(system: System, name: str, option: str = "node") -> None:
                              f"(models: {system.models()})")
 
 
-def seed_instability(system: System, node: str, seeds: Sequence[int], store: Store, *,
-                     split: str | None = None, spec: OutcomeSpec = OutcomeSpec(),
-                     attributes: Mapping[str, np.ndarray] | None = None, runs: Mapping[int, Any] | None = None,
+def seed_instability(study: Any, node: str, *, which: str = "old", split: str | None = None,
+                     spec: OutcomeSpec = OutcomeSpec(), attributes: Mapping[str, np.ndarray] | None = None,
                      top: int = 5) -> Instability:
-    """Label entropy of ``node``'s items over retrainings with ``seeds`` (same data, new seeds).
+    """Label entropy of ``node``'s items over the study's retrainings (same data, new seeds).
 
-    Fits what the store lacks (every run goes through the store), reads each run's outcomes, and
-    reports the mean entropy, the unstable share, the mean pairwise disagreement, each seed's
-    accuracy on the items, and the attributes most enriched among unstable items.
+    Fits what the store lacks through the study, reads each run's outcomes, and reports the mean
+    entropy, the unstable share, the mean pairwise disagreement, each seed's accuracy on the
+    items, and the attributes most enriched among unstable items.
     """
-    seeds = [int(s) for s in seeds]
+    seeds = list(study.seeds)
     if len(seeds) < 2:
         raise StabilityError(f"instability across retrainings needs at least 2 seeds, got {seeds} (option 'seeds')")
+    system = study.systems[which]
     _check_model(system, node)
     split = split or system.eval_split
-    runs = _runs(system, seeds, store, runs)
+    runs = study.runs(which)
     for s in seeds[1:]:
         check_same_items(runs[seeds[0]], runs[s], node, split)
     ref = reference_spec(runs[seeds[0]], node, split, spec)
@@ -457,9 +449,8 @@ def checkpoint_labels(run: Any, name: str, split: str | None = None,
     return np.stack(rows)
 
 
-def checkpoint_instability(system: System, node: str, seeds: Sequence[int], store: Store, *,
-                           split: str | None = None, spec: OutcomeSpec = OutcomeSpec(),
-                           runs: Mapping[int, Any] | None = None,
+def checkpoint_instability(study: Any, node: str, *, which: str = "old", split: str | None = None,
+                           spec: OutcomeSpec = OutcomeSpec(),
                            across_seeds: Instability | None = None) -> dict[str, Any]:
     """Label entropy over the last checkpoints of each run, and how well it predicts seed instability.
 
@@ -468,10 +459,11 @@ def checkpoint_instability(system: System, node: str, seeds: Sequence[int], stor
     entropy (averaged over seeds) and the across-seed entropy, plus the ROC AUC of the former for
     finding items that are unstable across seeds (Datta et al.: checkpoints are a cheap proxy).
     """
-    seeds = [int(s) for s in seeds]
+    seeds = list(study.seeds)
+    system = study.systems[which]
     _check_model(system, node)
     split = split or system.eval_split
-    runs = _runs(system, seeds, store, runs)
+    runs = study.runs(which)
     ref = reference_spec(runs[seeds[0]], node, split, spec)
     per_seed, ent = [], []
     for s in seeds:
@@ -494,3 +486,39 @@ def checkpoint_instability(system: System, node: str, seeds: Sequence[int], stor
         report["auc_for_seed_unstable"] = (float(roc_auc_score(target, mean_h))
                                           if 0 < target.sum() < len(target) else None)
     return {"report": report, "entropy": mean_h, "entropy_per_seed": np.stack(ent)}
+
+
+def outcome_specs(outcomes: Mapping[str, Any] | None, option: str = "outcomes") -> dict[str, OutcomeSpec]:
+    """``{node: OutcomeSpec}`` from a config block ``{node: {kind, threshold, bins}}``."""
+    return {str(name): OutcomeSpec.from_config(spec, f"{option}.{name}")
+            for name, spec in dict(outcomes or {}).items()}
+
+
+def instability(study: Any, *, outcomes: Mapping[str, Any] | None = None, attributes: Any = None,
+                top_attributes: int = 5) -> dict[str, Any]:
+    """The analysis: per model node of the study's old system, label entropy across its seeds
+    and across each run's last checkpoints (where the node keeps them), the unstable share and
+    the attributes unstable items share.
+
+    ``outcomes`` reads a node's items (``{node: {kind, threshold, bins}}``; classifiers need
+    none); ``attributes`` is the sources' attribute function (or its dotted path).
+    Returns ``{"nodes": {name: report}, "_entropies": {name: {label: per-item entropy}}}``
+    (arrays for figures, under a private key).
+    """
+    specs = outcome_specs(outcomes)
+    old = study.old
+    attrs = source_attributes(study.runs("old")[study.seeds[0]], old.eval_split, attributes)
+    nodes: dict[str, Any] = {}
+    entropies: dict[str, dict[str, np.ndarray]] = {}
+    for name in old.models():
+        spec = specs.get(name, OutcomeSpec())
+        across = seed_instability(study, name, spec=spec, attributes=node_attributes(attrs, name),
+                                  top=int(top_attributes))
+        entry = dict(across.report)
+        entropies[name] = {"across seeds": across.entropy}
+        if "ckpt_pred" in old.specs[name].node.output_kinds:
+            ck = checkpoint_instability(study, name, spec=spec, across_seeds=across)
+            entry["checkpoints"] = ck["report"]
+            entropies[name]["across checkpoints"] = ck["entropy_per_seed"].ravel()  # pooled runs
+        nodes[name] = entry
+    return {"nodes": nodes, "_entropies": entropies}

@@ -26,7 +26,6 @@ import numpy as np
 from entangle.analysis import corruptions as C
 from entangle.analysis.stability import node_attributes, node_targets, source_attributes
 from entangle.node import take
-from entangle.store import Store
 from entangle.system import System, parse_ref
 
 log = logging.getLogger(__name__)
@@ -160,14 +159,14 @@ def _check_refs(system: System, refs: Sequence[str], option: str) -> list[tuple[
     return out
 
 
-def stress_test(system: System, seeds: Sequence[int], store: Store, *,
-                images: Sequence[str] = (), pairs: Sequence[Sequence[str]] = (),
-                corruptions: Sequence[str] = DEFAULT_CORRUPTIONS, severities: Sequence[int] = C.SEVERITIES,
-                subpopulations: Mapping[str, Mapping[str, Any]] | None = None,
-                attributes: Callable[..., Mapping[str, np.ndarray]] | str | None = None,
-                split: str | None = None, corruption_seed: int = 0, matched_draws: int = 20,
-                runs: Mapping[int, Any] | None = None) -> StressResult:
-    """Metrics of every model node of ``system`` under corruptions and subpopulation shifts, per seed.
+def stress(study: Any, *, images: Sequence[str] = (), pairs: Sequence[Sequence[str]] = (),
+           corruptions: Sequence[str] = DEFAULT_CORRUPTIONS, severities: Sequence[int] = C.SEVERITIES,
+           subpopulations: Mapping[str, Mapping[str, Any]] | None = None,
+           attributes: Callable[..., Mapping[str, np.ndarray]] | str | None = None,
+           split: str | None = None, corruption_seed: int = 0, matched_draws: int = 20,
+           which: str = "old") -> StressResult:
+    """The analysis: metrics of every model node of the study's system ``which`` under
+    corruptions and subpopulation shifts, per seed (the fitted runs are only re-run).
 
     Parameters
     ----------
@@ -186,9 +185,7 @@ def stress_test(system: System, seeds: Sequence[int], store: Store, *,
     matched_draws : random i.i.d. subsets of each subpopulation's size; a subpopulation's ratio
         is its seed spread over theirs (the full test set's spread would credit mere size).
     """
-    from entangle.executor import LocalExecutor
-
-    seeds = [int(s) for s in seeds]
+    system, seeds = study.systems[which], list(study.seeds)
     if len(seeds) < 2:
         raise StressError(f"a stress test compares seeds: it needs at least 2, got {seeds} (option 'seeds')")
     corruptions = C.check_names(corruptions, "corruptions")
@@ -203,8 +200,7 @@ def stress_test(system: System, seeds: Sequence[int], store: Store, *,
         raise StressError("corruptions were asked for but no image outputs are given (options 'images', "
                           "'pairs'); set corruptions=[] to run subpopulation shifts only")
     split = split or system.eval_split
-    if runs is None or not all(s in runs for s in seeds):
-        runs = LocalExecutor().run(system, seeds, store)
+    runs = study.runs(which)
     models = system.models()
     outputs = [n for n in models if system.specs[n].output]
     skipped = [c for c in corruptions if C.CORRUPTIONS[c].stereo_only and not pair_refs]
@@ -234,9 +230,9 @@ def stress_test(system: System, seeds: Sequence[int], store: Store, *,
             over[left], over[right] = cache[key]
         return over
 
-    from tqdm.auto import tqdm
+    from entangle.progress import progress
     steps = [(s, c, sv) for s in seeds for c in active for sv in severities]
-    for s, c, sv in tqdm(steps, desc="stress", disable=None, leave=False):
+    for s, c, sv in progress(steps, desc="stress", leave=False):
         run = runs[s]
         res = run.predict_with(corrupted(run, c, sv), split)
         for n in models:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Sequence
 
 import cv2
-from tqdm.auto import tqdm
 
 from entangle.data.kitti import (DIFFICULTY_NAMES, DISPARITY_DIRS, KittiFormatError, Object3D,
                                  image_folder, difficulty, read_calib, read_text, split_ids)
+from entangle.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ def check_layout(root: str | Path, split: str | None = None,
             ids = sorted(stems)
     counts: dict[str, dict[str, int]] = {}
     sizes: dict[str, int] = {}
-    for sid in tqdm(ids, desc="checking frames", unit="frame", disable=None):
+    for sid in progress(ids, desc="checking frames", unit="frame"):
         problems, objects, size = check_frame(folder, sid, root)
         report.n_frames += 1
         if problems:

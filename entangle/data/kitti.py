@@ -27,6 +27,8 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from entangle.data.labels import CLASS_IDS, CLASS_NAMES, DONTCARE, LABEL_COLUMNS, L
+
 log = logging.getLogger(__name__)
 
 #: KITTI's calibration keys in the object layout, with their shapes.
@@ -35,12 +37,13 @@ CALIB_KEYS = {"P0": (3, 4), "P1": (3, 4), "P2": (3, 4), "P3": (3, 4), "R0_rect":
 #: other spellings of the same keys (the tracking benchmark writes these).
 CALIB_ALIASES = {"R_rect": "R0_rect", "Tr_velo_cam": "Tr_velo_to_cam",
                  "Tr_imu_velo": "Tr_imu_to_velo"}
-#: KITTI class names a label may hold.
-KITTI_CLASSES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc",
-                 "DontCare")
+#: KITTI class names a label may hold (the label schema's classes).
+KITTI_CLASSES = CLASS_NAMES
 #: image height the KITTI difficulty thresholds are defined for.
 KITTI_IMAGE_HEIGHT = 375
-#: (min 2D height px at 375 rows, max occlusion level, max truncation) for easy/moderate/hard.
+#: the devkit's limits per difficulty, easy/moderate/hard: (minimum 2D height in pixels at 375
+#: rows, exceeded strictly; max occlusion level; max truncation). Each level's limits contain
+#: the easier ones', so a level's evaluation counts the objects of that level and easier.
 DIFFICULTY_RULES = ((40.0, 0, 0.15), (25.0, 1, 0.30), (25.0, 2, 0.50))
 DIFFICULTY_NAMES = ("easy", "moderate", "hard")
 #: disparity folders looked for, in order: the world's, then stereo 2015's (frame 10).
@@ -383,21 +386,66 @@ def write_label(path: str | Path, objects: Sequence[Object3D]) -> None:
     Path(path).write_text("".join(o.to_line() + "\n" for o in objects))
 
 
-def difficulty(obj: Object3D, image_height: int = KITTI_IMAGE_HEIGHT) -> int:
+def min_heights(image_height: float) -> np.ndarray:
+    """The minimum 2D box heights (easy, moderate, hard) scaled to ``image_height`` rows."""
+    if image_height <= 0:
+        raise ValueError(f"image_height must be positive, got {image_height}")
+    return np.asarray([r[0] for r in DIFFICULTY_RULES]) * (float(image_height) / KITTI_IMAGE_HEIGHT)
+
+
+def _difficulty_levels(height_px: Any, occluded: Any, truncated: Any, image_height: float) -> np.ndarray:
+    """The rule itself, on arrays: the easiest level whose limits an object passes, else -1."""
+    h, occ, trunc = (np.atleast_1d(np.asarray(a, dtype=np.float64)) for a in (height_px, occluded, truncated))
+    out = np.full(np.broadcast(h, occ, trunc).shape, -1, dtype=np.int64)
+    mh = min_heights(image_height)
+    for level in reversed(range(len(DIFFICULTY_RULES))):
+        _, max_occ, max_trunc = DIFFICULTY_RULES[level]
+        # label rows are float32: a truncation of 0.3 stored so must still pass the 0.3 limit,
+        # as it does for the devkit reading the text, hence the limit at float32 precision
+        out[(h > mh[level]) & (occ <= max_occ) & (trunc <= float(np.float32(max_trunc)))] = level
+    return out
+
+
+def difficulty_of(labels: np.ndarray, image_height: float) -> np.ndarray:
+    """KITTI difficulty of label rows (:data:`~entangle.data.labels.LABEL_COLUMNS`), as
+    :func:`difficulty` gives it per object: 0 easy, 1 moderate, 2 hard, -1 none or DontCare."""
+    lab = np.asarray(labels, dtype=np.float64).reshape(-1, len(LABEL_COLUMNS))
+    out = _difficulty_levels(lab[:, L["y2"]] - lab[:, L["y1"]], lab[:, L["occluded"]],
+                             lab[:, L["truncated"]], image_height)
+    out[lab[:, L["cls"]] == DONTCARE] = -1
+    return out
+
+
+def difficulty(obj: Object3D, image_height: float = KITTI_IMAGE_HEIGHT) -> int:
     """KITTI difficulty: 0 easy, 1 moderate, 2 hard, -1 none (heights scaled to the image).
 
-    >>> o = Object3D("Car", 0.0, 0, 0.0, [0, 0, 10, 50], [1.5, 1.6, 3.9], [0, 1.65, 10], 0.0)
-    >>> difficulty(o), difficulty(o, image_height=750)
-    (0, 1)
+    An object is of the easiest difficulty whose limits (:data:`DIFFICULTY_RULES`) it passes;
+    as in the devkit, its 2D box must be strictly higher than the scaled minimum.
+
+    >>> o = Object3D("Car", 0.0, 0, 0.0, [0, 0, 10, 60], [1.5, 1.6, 3.9], [0, 1.65, 10], 0.0)
+    >>> difficulty(o), difficulty(o, image_height=750), difficulty(o, image_height=1000)
+    (0, 1, -1)
     """
     if obj.type == "DontCare":
         return -1
-    scale = image_height / KITTI_IMAGE_HEIGHT
-    for level, (min_height, max_occ, max_trunc) in enumerate(DIFFICULTY_RULES):
-        if (obj.height_px >= min_height * scale and 0 <= obj.occluded <= max_occ
-                and obj.truncated <= max_trunc):
-            return level
-    return -1
+    return int(_difficulty_levels(obj.height_px, obj.occluded, obj.truncated, image_height)[0])
+
+
+def label_rows(objects: Sequence[Object3D], image_height: float) -> np.ndarray:
+    """Label rows ``(n, len(LABEL_COLUMNS))`` float32 of KITTI objects, difficulty scaled to the image."""
+    rows = np.zeros((len(objects), len(LABEL_COLUMNS)), dtype=np.float64)
+    for i, o in enumerate(objects):
+        if o.type not in CLASS_IDS:
+            raise ValueError(f"object {i} has class {o.type!r}, not one of {sorted(CLASS_IDS)}")
+        rows[i, L["cls"]] = CLASS_IDS[o.type]
+        rows[i, L["x"]:L["z"] + 1] = o.location
+        rows[i, L["h"]:L["l"] + 1] = o.dimensions
+        rows[i, L["ry"]] = o.rotation_y
+        rows[i, L["x1"]:L["y2"] + 1] = o.bbox
+        rows[i, L["truncated"]] = o.truncated
+        rows[i, L["occluded"]] = o.occluded
+    rows[:, L["difficulty"]] = difficulty_of(rows, image_height)
+    return rows.astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------

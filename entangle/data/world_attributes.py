@@ -1,7 +1,7 @@
 """Attributes of world scenes for stability and stress analyses: per image, and per detector object.
 
 A detector's per-sample losses are per ground-truth object of its class, in label-row order
-(:func:`~entangle.models.kitti_eval.class_rows`), so its items get their own attribute block
+(:func:`~entangle.data.labels.class_rows`), so its items get their own attribute block
 (distance, occlusion, contrast, lighting, ...) under the detector node's name; per-image
 attributes (brightness as a proxy for night, object counts) serve image-level nodes such as the
 stereo network. See :func:`entangle.analysis.stability.node_attributes`.
@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from entangle.data.labels import L, LABEL_COLUMNS, class_rows
 from entangle.node import Ragged
 
 
@@ -23,7 +24,7 @@ def world_attributes(left: np.ndarray, labels: Ragged, object_attributes: Ragged
     Parameters
     ----------
     left : ``(N, H, W[, 3])`` left images (uint8 or floats in [0, 1]).
-    labels : Ragged label rows (``entangle.models.layout.LABEL_COLUMNS``).
+    labels : Ragged label rows (``entangle.data.labels.LABEL_COLUMNS``).
     object_attributes : Ragged rows aligned with ``labels``
         (``entangle.data.world_source.OBJECT_ATTRIBUTES``); NaN where unknown.
     nodes : detector node name -> class name (default ``{"car": "Car", "pedestrian": "Pedestrian"}``).
@@ -34,8 +35,6 @@ def world_attributes(left: np.ndarray, labels: Ragged, object_attributes: Ragged
     ``brightness`` of the image the object is in.
     """
     from entangle.data.world_source import OBJECT_ATTRIBUTES
-    from entangle.models import kitti_eval
-    from entangle.models.layout import L, LABEL_COLUMNS
 
     img = np.asarray(left)
     scale = 255.0 if img.dtype == np.uint8 else 1.0
@@ -50,7 +49,7 @@ def world_attributes(left: np.ndarray, labels: Ragged, object_attributes: Ragged
         if len(table) != len(rows):
             raise ValueError(f"object_attributes has {len(table)} rows for {len(rows)} label rows")
     for node, cls in (nodes or {"car": "Car", "pedestrian": "Pedestrian"}).items():
-        idx = kitti_eval.class_rows(labels, cls)
+        idx = class_rows(labels, cls)
         out[f"n_{str(cls).lower()}"] = np.bincount(image_of_row[idx], minlength=n).astype(np.float64)
         block = {"occluded": rows[idx, L["occluded"]], "truncated": rows[idx, L["truncated"]],
                  "difficulty": rows[idx, L["difficulty"]], "depth_z": rows[idx, L["z"]],

@@ -17,7 +17,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from entangle.models.layout import CLASS_IDS, LABEL_COLUMNS
+from entangle.data.kitti import label_rows
+from entangle.data.labels import LABEL_COLUMNS
 from entangle.node import Ragged, Source
 
 log = logging.getLogger(__name__)
@@ -28,19 +29,6 @@ OBJECT_ATTRIBUTES = ("distance", "depth", "visible_fraction", "occlusion_fractio
 
 #: the default place generated data is written (git-ignored).
 GENERATED = Path(__file__).resolve().parents[2] / "datasets" / "generated"
-
-
-def label_rows(objects, image_height: int) -> np.ndarray:
-    """KITTI objects -> (n, len(LABEL_COLUMNS)) float32 rows (difficulty scaled to the image)."""
-    from entangle.data.kitti import difficulty
-    rows = []
-    for o in objects:
-        cls = CLASS_IDS.get(o.type, CLASS_IDS["Misc"])
-        h, w, l = o.dimensions
-        x, y, z = o.location
-        rows.append([cls, x, y, z, h, w, l, o.rotation_y, *o.bbox, o.truncated, o.occluded,
-                     difficulty(o, image_height)])
-    return np.asarray(rows, dtype=np.float32).reshape(-1, len(LABEL_COLUMNS))
 
 
 def attribute_rows(attributes: Mapping[str, Any] | None, n: int) -> np.ndarray:

@@ -4,7 +4,7 @@ Boxes follow KITTI's rectified camera frame (x right, y down, z forward, metres)
 the 7 numbers ``(x, y, z, h, w, l, ry)``: ``(x, y, z)`` is the *bottom* centre, ``h`` the height
 along -y, ``w`` the width and ``l`` the length in the ground plane, ``ry`` the yaw about the y
 axis (0 = length along +x). These are columns ``1:8`` of both label and detection rows
-(:mod:`entangle.models.layout`), so ``rows[:, 1:8]`` is a box array.
+(:mod:`entangle.data.labels`), so ``rows[:, 1:8]`` is a box array.
 
 The rotated bird's-eye-view (BEV, the x-z plane) overlap is computed exactly: the intersection of
 two convex quadrilaterals is the convex polygon spanned by the corners of each inside the other

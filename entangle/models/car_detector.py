@@ -27,13 +27,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from entangle.data.labels import BOX_COLUMNS, CAR, LABEL_COLUMNS, L
 from entangle.models import boxes as bx
-from entangle.models.centernet import conv_bn, draw_gaussians, focal_loss, peaks, resolve_device
+from entangle.models.centernet import centre_loss, conv_bn, draw_gaussians, peaks, random_flips
 from entangle.models.detector_base import DetectorNode, check_calib, check_labels, check_points
-from entangle.models.layout import BOX_COLUMNS, CAR, LABEL_COLUMNS, L
-from entangle.node import NodeError, Ragged
+from entangle.node import Ragged
+from entangle.progress import progress
+from entangle.training import resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class CarDetector(DetectorNode):
         n = len(points)
         out = torch.zeros((n, len(GRID_CHANNELS), grid.nz, grid.nx), dtype=torch.float16)
         n_in = np.zeros(n, dtype=np.int64)
-        for i in tqdm(range(n), desc="BEV grids", disable=None, leave=False):
+        for i in progress(range(n), desc="BEV grids", leave=False):
             p = points[i]
             n_in[i] = int(grid.in_range(p).sum()) if len(p) else 0
             out[i] = torch.from_numpy(grid.rasterize(p))
@@ -235,42 +236,23 @@ class CarDetector(DetectorNode):
         if np.any(n_in == 0):
             log.warning("CarDetector.fit: %d of %d training clouds have no point in the grid",
                         int((n_in == 0).sum()), len(n_in))
-        net = BEVNet(len(GRID_CHANNELS), self.width).to(dev)
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        n = len(points)
-        steps = self.epochs * math.ceil(n / self.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr, total_steps=max(steps, 1),
-                                                    pct_start=0.15)
-        label_list = [np.asarray(labels[i], dtype=np.float64) for i in range(n)]
-        net.train()
-        history = []
-        for epoch in tqdm(range(self.epochs), desc="CarDetector", disable=None):
-            perm = rng.permutation(n)
-            total = 0.0
-            for start in range(0, n, self.batch_size):
-                idx = perm[start:start + self.batch_size]
-                flips = (rng.random(len(idx)) < 0.5) if self.flip else np.zeros(len(idx), bool)
-                x = grids[idx].float()
-                fl = torch.from_numpy(flips)
-                x[fl] = torch.flip(x[fl], dims=[-1])
-                heat_t, reg_t, mask_t = (torch.from_numpy(a).to(dev)
-                                         for a in self._targets([label_list[i] for i in idx], flips))
-                heat, reg = net(x.to(dev))
-                l_heat = focal_loss(heat, heat_t)
-                n_obj = mask_t.sum().clamp(min=1.0)
-                l_reg = (F.l1_loss(reg, reg_t, reduction="none") * mask_t).sum() / n_obj
-                loss = l_heat + self.reg_weight * l_reg
-                if not torch.isfinite(loss):
-                    raise NodeError(f"CarDetector: training loss became {loss.item()} at epoch {epoch} (seed {seed})")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            history.append(total / n)
-            log.debug("CarDetector epoch %d loss %.4f", epoch, history[-1])
-        self.net_ = net.cpu().eval()
-        self.train_loss_ = np.asarray(history)
+        net = BEVNet(len(GRID_CHANNELS), self.width)
+        label_list = [np.asarray(labels[i], dtype=np.float64) for i in range(len(points))]
+
+        def batch_loss(net, idx, step):
+            # the flips come from the generator of the batch order, after it
+            x, flips = random_flips(grids[idx].float(), rng, self.flip)    # (B, C, nz, nx)
+            targets = (torch.from_numpy(a).to(dev)
+                       for a in self._targets([label_list[i] for i in idx], flips))
+            heat, reg = net(x.to(dev))
+            return centre_loss(heat, reg, *targets, reg_weight=self.reg_weight)
+
+        trained = train(net, batch_loss, epochs=self.epochs, n=len(points),
+                        batch_size=self.batch_size, rng=rng, seed=seed, optimizer="adamw",
+                        lr=self.lr, weight_decay=self.weight_decay, schedule="onecycle",
+                        schedule_every="step", device=dev, name="CarDetector")
+        self.net_ = trained.module
+        self.train_loss_ = trained.history
         return self
 
     @torch.no_grad()

@@ -47,6 +47,25 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, b
     return (pos_loss.sum() + neg_loss.sum()) / n_pos
 
 
+def centre_loss(heat: torch.Tensor, reg: torch.Tensor, heat_target: torch.Tensor,
+                reg_target: torch.Tensor, mask: torch.Tensor, reg_weight: float = 1.0) -> torch.Tensor:
+    """Both detectors' training loss: focal loss on the heatmap plus ``reg_weight`` x the L1 loss
+    of the regression channels at the object centres (``mask`` 1 there), per object."""
+    l_heat = focal_loss(heat, heat_target)
+    l_reg = (F.l1_loss(reg, reg_target, reduction="none") * mask).sum() / mask.sum().clamp(min=1.0)
+    return l_heat + reg_weight * l_reg
+
+
+def random_flips(x: torch.Tensor, rng: np.random.Generator,
+                 enabled: bool = True) -> tuple[torch.Tensor, np.ndarray]:
+    """Mirror each input ``(B, C, H, W)`` left-right with probability 1/2 (in place); returns the
+    batch and the flags ``(B,)`` its targets must follow. Draws from ``rng`` only when enabled."""
+    flips = (rng.random(len(x)) < 0.5) if enabled else np.zeros(len(x), bool)
+    fl = torch.from_numpy(flips)
+    x[fl] = torch.flip(x[fl], dims=[-1])
+    return x, flips
+
+
 def peaks(heat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``k`` local maxima (3x3) of a sigmoid heatmap ``(B, 1, H, W)``: scores, rows, cols ``(B, k)``."""
     hmax = F.max_pool2d(heat, 3, stride=1, padding=1)
@@ -77,10 +96,3 @@ class Head(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` means CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

@@ -2,40 +2,20 @@
 
 Detector nodes exchange plain arrays: left images ``(N, H, W, 3)`` uint8, depth ``(N, H, W)``
 float32 (0 = invalid), P2 matrices ``(N, 3, 4)`` and labels as a :class:`~entangle.node.Ragged`
-of :data:`~entangle.models.layout.LABEL_COLUMNS` rows. The ``difficulty`` column is the KITTI
-devkit's (a 2D height strictly above the scaled minimum; see
-:func:`entangle.models.kitti_eval.difficulty_of`).
+of :data:`~entangle.data.labels.LABEL_COLUMNS` rows (:func:`entangle.data.kitti.label_rows`). The
+``difficulty`` column is the KITTI devkit's (a 2D height strictly above the scaled minimum; see
+:func:`entangle.data.kitti.difficulty`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable
 
 import numpy as np
 
-from entangle.models.kitti_eval import difficulty_of
-from entangle.models.layout import CLASS_IDS, L, LABEL_COLUMNS
+from entangle.data.kitti import label_rows
+from entangle.data.labels import LABEL_COLUMNS
 from entangle.node import Ragged
-
-
-def label_rows(objects: Sequence[Any], image_height: int) -> np.ndarray:
-    """Label rows ``(n, 15)`` float32 of KITTI objects (anything with Object3D's fields)."""
-    rows = np.zeros((len(objects), len(LABEL_COLUMNS)), dtype=np.float64)
-    for i, o in enumerate(objects):
-        if o.type not in CLASS_IDS:
-            raise ValueError(f"object {i} has class {o.type!r}, not one of {sorted(CLASS_IDS)}")
-        h, w, l = o.dimensions
-        rows[i, L["cls"]] = CLASS_IDS[o.type]
-        rows[i, L["x"]:L["z"] + 1] = o.location
-        rows[i, L["h"]], rows[i, L["w"]], rows[i, L["l"]] = h, w, l
-        rows[i, L["ry"]] = o.rotation_y
-        rows[i, L["x1"]:L["y2"] + 1] = o.bbox
-        rows[i, L["truncated"]] = o.truncated
-        rows[i, L["occluded"]] = o.occluded
-    if len(rows):
-        rows[:, L["difficulty"]] = difficulty_of(rows, image_height)
-        rows[rows[:, L["cls"]] == CLASS_IDS["DontCare"], L["difficulty"]] = -1
-    return rows.astype(np.float32)
 
 
 def detection_batch(samples: Iterable[Any]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """What the car and pedestrian detector nodes share: per-object losses, KITTI scores, checks.
 
 A detector's samples for per-sample analysis are its *objects*: ``loss`` returns one number per
-ground-truth row of the detector's class (in label-row order; :func:`~entangle.models.kitti_eval.
+ground-truth row of the detector's class (in label-row order; :func:`~entangle.data.labels.
 class_rows` gives their row indices), ``1 - max_j IoU_bev(object, det_j) * score_j``: 0 for a
 confident exact box, 1 for an object no detection overlaps. False positives belong to no object,
 so they show in ``score`` (AP), not in the per-object loss.
@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
+from entangle.data.labels import BOX_COLUMNS, CLASS_NAMES, LABEL_COLUMNS, class_rows
 from entangle.models import kitti_eval
-from entangle.models.layout import BOX_COLUMNS, CLASS_NAMES, LABEL_COLUMNS
 from entangle.node import BaseNode, NotFittedError, Ragged
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class DetectorNode(BaseNode):
 
     def loss_items(self, targets: Mapping[str, Any]) -> int:
         """The per-object loss covers every ground-truth object of the node's class."""
-        return int(len(kitti_eval.class_rows(targets["labels"], self.object_class)))
+        return int(len(class_rows(targets["labels"], self.object_class)))
 
     def score(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, float]:
         """KITTI APs of the node's class (flat keys) with ``bev_ap_moderate`` (BEV AP|R40, strict IoU)."""

@@ -19,34 +19,18 @@ log = logging.getLogger(__name__)
 
 
 def build_mlp(in_features: int, hidden: Sequence[int], n_classes: int):
-    """``in -> hidden (ReLU) x len(hidden) -> n_classes`` with a ``body`` (embedding) and a ``head``."""
-    import torch
-    from torch import nn
-
-    class EmbeddingMLP(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            layers: list[nn.Module] = []
-            width = in_features
-            for h in hidden:
-                layers += [nn.Linear(width, int(h)), nn.ReLU()]
-                width = int(h)
-            self.body = nn.Sequential(*layers)
-            self.head = nn.Linear(width, n_classes)
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            feat = self.body(x)            # (batch, hidden[-1])
-            return self.head(feat), feat   # (batch, classes), (batch, hidden[-1])
-
-    return EmbeddingMLP()
+    """The classifier's network: an :class:`~entangle.models.mlp.MLP` returning ``(logits, feat)``."""
+    from entangle.models.mlp import MLP
+    return MLP(in_features, list(hidden), n_classes, with_features=True)
 
 
 class EmbeddingClassifier(BaseNode):
     """MLP classifier on standardized inputs; outputs ``pred``, ``proba`` and the embedding ``feat``.
 
     Classes are ``0 .. n_classes-1`` (fixed, so a fine-tuned or reweighted model keeps its
-    output layout). Trained with Adam on minibatches for ``epochs`` epochs; the seed fixes the
-    initialisation and the batch order. The per-sample loss is the log loss.
+    output layout). Trained with Adam on minibatches for ``epochs`` epochs
+    (:func:`entangle.training.train`); the seed fixes the initialisation and the batch order.
+    The per-sample loss is the log loss.
     """
 
     target_kinds = {"y": ANY}
@@ -86,6 +70,8 @@ class EmbeddingClassifier(BaseNode):
     # -- the node contract --------------------------------------------------------------------
     def fit(self, inputs, targets, *, seed):
         import torch
+
+        from entangle.training import train
         torch.manual_seed(seed)
         X = _stack_inputs(inputs)                                   # (n, d)
         y = np.asarray(_one_target(targets, type(self).__name__)).astype(np.int64)
@@ -98,19 +84,14 @@ class EmbeddingClassifier(BaseNode):
         Xt = self.tensor(X)
         yt = torch.as_tensor(y, dtype=torch.long)
         net = build_mlp(X.shape[1], list(self.hidden), int(self.n_classes))
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        gen = torch.Generator().manual_seed(seed)
-        for epoch in range(int(self.epochs)):
-            perm = torch.randperm(len(Xt), generator=gen)
-            for start in range(0, len(Xt), int(self.batch_size)):
-                idx = perm[start:start + int(self.batch_size)]
-                opt.zero_grad()
-                loss = torch.nn.functional.cross_entropy(net(Xt[idx])[0], yt[idx])
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"training loss became {loss.item()} at epoch {epoch}")
-                loss.backward()
-                opt.step()
-        self.module_ = net.eval()
+
+        def batch_loss(net, idx, step):
+            return torch.nn.functional.cross_entropy(net(Xt[idx])[0], yt[idx])
+
+        trained = train(net, batch_loss, epochs=int(self.epochs), n=len(Xt),
+                        batch_size=int(self.batch_size), seed=seed, lr=self.lr,
+                        weight_decay=self.weight_decay, name=type(self).__name__)
+        self.module_ = trained.module
         self.in_features_ = int(X.shape[1])
         return self
 

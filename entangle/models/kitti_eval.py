@@ -25,8 +25,9 @@ The "near" evaluation (the paper's ``get_range_eval_result``) keeps only GT rows
 with ``0 < z <= near_depth`` and ignores the difficulty limits (every object of the class is
 valid, no detection is ignored for its height).
 
-Difficulty heights are the devkit's 40/25/25 px for 375-px-high images, scaled by
-``image_height / 375``. An AP with no valid object is NaN (JSON ``null``): undefined, not 0.
+The difficulty limits are the devkit's (:data:`entangle.data.kitti.DIFFICULTY_RULES`, the one
+rule :func:`~entangle.data.kitti.difficulty` also applies): heights of 40/25/25 px for
+375-px-high images, scaled by ``image_height / 375``. An AP with no valid object is NaN (JSON ``null``): undefined, not 0.
 """
 
 from __future__ import annotations
@@ -37,19 +38,15 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from entangle.data.kitti import DIFFICULTY_NAMES as DIFFICULTIES
+from entangle.data.kitti import difficulty_of, min_heights
+from entangle.data.labels import (B, BOX_COLUMNS, CAR, CLASS_NAMES, DONTCARE, L, LABEL_COLUMNS,
+                                  PEDESTRIAN, PERSON_SITTING, VAN, class_id)
 from entangle.models import boxes as bx
-from entangle.models.layout import (B, BOX_COLUMNS, CAR, CLASS_IDS, CLASS_NAMES, DONTCARE, L,
-                                    LABEL_COLUMNS, PEDESTRIAN, PERSON_SITTING, VAN)
 from entangle.node import Ragged
 
 log = logging.getLogger(__name__)
 
-DIFFICULTIES = ("easy", "moderate", "hard")
-#: the devkit's limits per difficulty (heights in pixels of a 375-px-high image).
-MIN_HEIGHT_375 = (40.0, 25.0, 25.0)
-MAX_OCCLUSION = (0, 1, 2)
-MAX_TRUNCATION = (0.15, 0.30, 0.50)
-KITTI_IMAGE_HEIGHT = 375.0
 #: IoU thresholds per class, for (bev, 3d): KITTI's official ("strict") and the looser set.
 IOU_SETS = {
     "strict": {CAR: 0.7, PEDESTRIAN: 0.5},
@@ -83,39 +80,14 @@ def _check_ragged(r: Ragged, width: int, name: str, columns: Sequence[str]) -> N
 
 
 def _class_id(c: int | str) -> int:
+    """A class's id from its name (any known class) or its id (an evaluable class only)."""
     if isinstance(c, str):
-        if c not in CLASS_IDS:
-            raise ValueError(f"unknown class {c!r}; known: {CLASS_NAMES}")
-        return CLASS_IDS[c]
+        return class_id(c)
     c = int(c)
     if c not in IOU_SETS["strict"]:
         raise ValueError(f"no IoU thresholds for class {CLASS_NAMES[c] if 0 <= c < len(CLASS_NAMES) else c!r}; "
                          f"evaluable: {[CLASS_NAMES[k] for k in IOU_SETS['strict']]}")
     return c
-
-
-def min_heights(image_height: int) -> np.ndarray:
-    """The devkit's minimum 2D box heights (easy, moderate, hard) scaled to ``image_height``."""
-    if image_height <= 0:
-        raise ValueError(f"image_height must be positive, got {image_height}")
-    return np.asarray(MIN_HEIGHT_375) * (float(image_height) / KITTI_IMAGE_HEIGHT)
-
-
-def difficulty_of(labels: np.ndarray, image_height: int) -> np.ndarray:
-    """KITTI difficulty of label rows: 0 easy, 1 moderate, 2 hard, -1 none (too small/occluded).
-
-    A row is of the *easiest* difficulty whose limits it passes; the devkit's "moderate"
-    evaluation includes easy objects, and "hard" includes both.
-    """
-    lab = np.asarray(labels, dtype=np.float64).reshape(-1, len(LABEL_COLUMNS))
-    height = lab[:, L["y2"]] - lab[:, L["y1"]]
-    out = np.full(len(lab), -1, dtype=np.int64)
-    mh = min_heights(image_height)
-    for d in (2, 1, 0):
-        ok = ((lab[:, L["occluded"]] <= MAX_OCCLUSION[d]) & (lab[:, L["truncated"]] <= MAX_TRUNCATION[d])
-              & (height > mh[d]))
-        out[ok] = d
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,11 +171,9 @@ def _ignore_flags(data: _ClassData, cls: int, difficulty: int | None, image_heig
     ign_gt = np.full(real_g.shape, -1, dtype=np.int64)
     if difficulty is None:      # the near evaluation: no difficulty limits
         hard_ok = np.ones(real_g.shape, dtype=bool)
-    else:
-        mh = min_heights(image_height)[difficulty]
-        height = g[..., L["y2"]] - g[..., L["y1"]]
-        hard_ok = ((g[..., L["occluded"]] <= MAX_OCCLUSION[difficulty])
-                   & (g[..., L["truncated"]] <= MAX_TRUNCATION[difficulty]) & (height > mh))
+    else:                       # the limits nest: passing this level's = this level or easier
+        level = difficulty_of(g.reshape(-1, len(LABEL_COLUMNS)), image_height).reshape(real_g.shape)
+        hard_ok = (level >= 0) & (level <= difficulty)
     ign_gt[real_g & (g_cls == cls) & hard_ok] = 0
     ign_gt[real_g & (((g_cls == cls) & ~hard_ok) | (g_cls == NEIGHBOUR_CLASS[cls]))] = 1
     real_d = data.det_rows >= 0
@@ -373,9 +343,9 @@ def evaluate(gt: Ragged, det: Ragged, image_height: int,
     Parameters
     ----------
     gt : Ragged
-        Ground-truth rows per image with :data:`~entangle.models.layout.LABEL_COLUMNS`.
+        Ground-truth rows per image with :data:`~entangle.data.labels.LABEL_COLUMNS`.
     det : Ragged
-        Detection rows per image with :data:`~entangle.models.layout.BOX_COLUMNS`.
+        Detection rows per image with :data:`~entangle.data.labels.BOX_COLUMNS`.
     image_height : int
         Height of the images in pixels (scales the devkit's minimum 2D box heights).
     classes : iterable of int or str
@@ -434,13 +404,6 @@ def flat_metrics(result: dict, cls: int | str) -> dict[str, float]:
         out[f"n_gt_{d}"] = float(n)
     out["n_det"] = float(res["n_det"])
     return out
-
-
-def class_rows(labels: Ragged, cls: int | str) -> np.ndarray:
-    """Indices into ``labels.values`` of the rows of class ``cls``: the objects a per-object loss covers."""
-    cid = _class_id(cls)
-    v = np.asarray(labels.values).reshape(-1, len(LABEL_COLUMNS))
-    return np.flatnonzero(v[:, L["cls"]].astype(np.int64) == cid)
 
 
 def match_objects(gt: Ragged, det: Ragged, cls: int | str, *, metric: str = "bev",

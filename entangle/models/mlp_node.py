@@ -22,34 +22,9 @@ TASKS = ("regression", "classification")
 
 
 def _build(in_features: int, hidden: Sequence[int], out_features: int, skip: bool):
-    import torch
-    from torch import nn
-
-    class Net(nn.Module):
-        """``in -> hidden (ReLU) x len(hidden) -> out`` plus an optional linear path ``in -> out``;
-        ``feat`` is the last hidden layer."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            layers: list[nn.Module] = []
-            width = in_features
-            for h in hidden:
-                layers += [nn.Linear(width, int(h)), nn.ReLU()]
-                width = int(h)
-            self.body = nn.Sequential(*layers)
-            self.head = nn.Linear(width, out_features)
-            # the linear path makes every linear model a member of the class exactly, so the
-            # reference is never worse than a linear downstream for lack of expressiveness
-            self.skip = nn.Linear(in_features, out_features, bias=False) if skip and hidden else None
-
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            feat = self.body(x)            # (batch, hidden[-1]), or (batch, in) without hidden layers
-            out = self.head(feat)          # (batch, out)
-            if self.skip is not None:
-                out = out + self.skip(x)
-            return out, feat
-
-    return Net()
+    """The node's network: an :class:`~entangle.models.mlp.MLP` that also returns ``feat``."""
+    from entangle.models.mlp import MLP
+    return MLP(in_features, list(hidden), out_features, skip=skip, with_features=True)
 
 
 class MLPNode(BaseNode):
@@ -60,8 +35,10 @@ class MLPNode(BaseNode):
     task : ``"regression"`` (squared error, output ``pred``) or ``"classification"``
         (cross-entropy; outputs ``pred`` labels and ``proba`` over the classes seen in training).
     hidden : widths of the hidden layers (empty: a linear or logistic model).
-    epochs, lr, batch_size, weight_decay : Adam training; the learning rate decays by cosine.
-    val_fraction : share of the fit data held out for early stopping (0 disables it).
+    epochs, lr, batch_size, weight_decay : Adam training (:func:`entangle.training.train`); the
+        learning rate decays by cosine.
+    val_fraction : share of the fit data held out for early stopping (0 disables it); the
+        weights of the best validation epoch are kept.
     patience : epochs without a better validation loss before training stops.
     skip : add a linear path from input to output (the class then contains every linear model).
     subsample : fit on the first ``subsample`` share of the fit split, in the source's order (the
@@ -115,15 +92,11 @@ class MLPNode(BaseNode):
     def higher_is_better(self) -> bool:  # type: ignore[override]
         return self.task == "classification"
 
-    def _device(self):
-        import torch
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, inputs, targets, *, seed):
         import torch
+
+        from entangle.training import resolve_device, train
         torch.manual_seed(seed)
         X = _stack_inputs(inputs)                                   # (n, d)
         y = _one_target(targets, type(self).__name__)
@@ -153,43 +126,22 @@ class MLPNode(BaseNode):
         if n_val and n - n_val < 2:
             n_val = 0
         val_idx, train_idx = order[:n_val], order[n_val:]
-        dev = self._device()
-        net = _build(Xs.shape[1], list(self.hidden), out_features, bool(self.skip)).to(dev)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.epochs))
-        gen = torch.Generator().manual_seed(int(seed))
+        dev = resolve_device(self.device)
+        net = _build(Xs.shape[1], list(self.hidden), out_features, bool(self.skip))
         Xtr, ytr = Xt[train_idx].to(dev), yt[train_idx].to(dev)
         Xva, yva = Xt[val_idx].to(dev), yt[val_idx].to(dev)
-        best, best_state, stale = float("inf"), None, 0
-        self.epochs_run_ = 0
-        for epoch in range(self.epochs):
-            net.train()
-            perm = torch.randperm(len(train_idx), generator=gen).to(dev)
-            for start in range(0, len(train_idx), self.batch_size):
-                idx = perm[start:start + self.batch_size]
-                opt.zero_grad()
-                out, _ = net(Xtr[idx])
-                loss = crit(out, ytr[idx])
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"training loss became {loss.item()} at epoch {epoch} (seed {seed})")
-                loss.backward()
-                opt.step()
-            sched.step()
-            self.epochs_run_ = epoch + 1
-            if n_val:
-                net.eval()
-                with torch.no_grad():
-                    val = float(crit(net(Xva)[0], yva))
-                if val < best - 1e-7:
-                    best, stale = val, 0
-                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                else:
-                    stale += 1
-                    if stale >= self.patience:
-                        break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        self.module_ = net.cpu().eval()
+
+        def batch_loss(net, idx, step):
+            idx = idx.to(dev)
+            return crit(net(Xtr[idx])[0], ytr[idx])
+
+        trained = train(net, batch_loss, epochs=self.epochs, n=len(train_idx),
+                        batch_size=self.batch_size, seed=seed, lr=self.lr,
+                        weight_decay=self.weight_decay, schedule="cosine", device=dev,
+                        validate=(lambda net: crit(net(Xva)[0], yva)) if n_val else None,
+                        patience=self.patience, name=type(self).__name__)
+        self.module_ = trained.module
+        self.epochs_run_ = trained.epochs_run
         self.in_features_ = int(Xs.shape[1])
         self.out_features_ = int(out_features)
         return self

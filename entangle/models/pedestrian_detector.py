@@ -32,14 +32,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from entangle.data.labels import BOX_COLUMNS, L, LABEL_COLUMNS, PEDESTRIAN, class_rows
 from entangle.models import boxes as bx
-from entangle.models import kitti_eval
-from entangle.models.centernet import conv_bn, draw_gaussians, focal_loss, peaks, resolve_device
+from entangle.models.centernet import centre_loss, conv_bn, draw_gaussians, peaks, random_flips
 from entangle.models.detector_base import DetectorNode, check_calib, check_labels, check_points
-from entangle.models.layout import BOX_COLUMNS, L, LABEL_COLUMNS, PEDESTRIAN
-from entangle.node import BaseNode, NodeError, NotFittedError, Ragged
+from entangle.node import BaseNode, NotFittedError, Ragged
+from entangle.training import resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -236,38 +235,23 @@ class PedestrianImageDetector(BaseNode):
     def _fit_2d(self, images: np.ndarray, labels: Ragged, seed: int, dev: torch.device) -> ImageNet2D:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
-        n = len(images)
-        net = ImageNet2D(self.width_2d).to(dev)
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr_2d, weight_decay=self.weight_decay)
-        steps = max(self.epochs_2d * math.ceil(n / self.batch_size_2d), 1)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr_2d, total_steps=steps, pct_start=0.15)
-        label_list = [np.asarray(labels[i], dtype=np.float64) for i in range(n)]
-        net.train()
-        history = []
-        for epoch in tqdm(range(self.epochs_2d), desc="Pedestrian 2D", disable=None):
-            perm = rng.permutation(n)
-            total = 0.0
-            for start in range(0, n, self.batch_size_2d):
-                idx = perm[start:start + self.batch_size_2d]
-                flips = (rng.random(len(idx)) < 0.5) if self.flip else np.zeros(len(idx), bool)
-                x = _image_tensor(images[idx])
-                fl = torch.from_numpy(flips)
-                x[fl] = torch.flip(x[fl], dims=[-1])
-                heat_t, reg_t, mask_t = (torch.from_numpy(a).to(dev) for a in
-                                         self._targets_2d([label_list[i] for i in idx], flips, images.shape[1:3]))
-                heat, reg = net(x.to(dev))
-                loss = focal_loss(heat, heat_t) + (F.l1_loss(reg, reg_t, reduction="none") * mask_t).sum() \
-                    / mask_t.sum().clamp(min=1.0)
-                if not torch.isfinite(loss):
-                    raise NodeError(f"PedestrianDetector 2D: loss became {loss.item()} at epoch {epoch} (seed {seed})")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            history.append(total / n)
-        self.train_loss_2d_ = np.asarray(history)
-        self.net_ = net.cpu().eval()
+        net = ImageNet2D(self.width_2d)
+        label_list = [np.asarray(labels[i], dtype=np.float64) for i in range(len(images))]
+
+        def batch_loss(net, idx, step):
+            # the flips come from the generator of the batch order, after it
+            x, flips = random_flips(_image_tensor(images[idx]), rng, self.flip)   # (B, 3, H, W)
+            targets = (torch.from_numpy(a).to(dev) for a in
+                       self._targets_2d([label_list[i] for i in idx], flips, images.shape[1:3]))
+            heat, reg = net(x.to(dev))
+            return centre_loss(heat, reg, *targets)
+
+        trained = train(net, batch_loss, epochs=self.epochs_2d, n=len(images),
+                        batch_size=self.batch_size_2d, rng=rng, seed=seed, optimizer="adamw",
+                        lr=self.lr_2d, weight_decay=self.weight_decay, schedule="onecycle",
+                        schedule_every="step", device=dev, name="Pedestrian 2D")
+        self.train_loss_2d_ = trained.history
+        self.net_ = trained.module
         return self.net_
 
     @torch.no_grad()
@@ -311,7 +295,7 @@ class PedestrianImageDetector(BaseNode):
 
     def loss_items(self, targets: Mapping[str, Any]) -> int:
         """The per-object loss covers every ground-truth pedestrian."""
-        return int(len(kitti_eval.class_rows(targets["labels"], PEDESTRIAN)))
+        return int(len(class_rows(targets["labels"], PEDESTRIAN)))
 
     def loss(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> np.ndarray:
         """One loss per ground-truth pedestrian (label-row order): ``1 - max IoU_2d x score``."""
@@ -455,38 +439,25 @@ class PedestrianDetector(DetectorNode):
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed + 1)
         pts, depth, seg_t, box_t = self._frustum_training_set(points, labels, P, rng)
-        m = len(pts)
-        net = FrustumNet(self.width_3d).to(dev)
-        opt = torch.optim.AdamW(net.parameters(), lr=self.lr_3d, weight_decay=self.weight_decay)
-        steps = max(self.epochs_3d * math.ceil(m / self.batch_size_3d), 1)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.lr_3d, total_steps=steps, pct_start=0.15)
-        gen = torch.Generator().manual_seed(seed)
-        history = []
-        net.train()
-        for epoch in tqdm(range(self.epochs_3d), desc="Pedestrian frustum", disable=None):
-            perm = torch.randperm(m, generator=gen)
-            total = 0.0
-            for start in range(0, m, self.batch_size_3d):
-                idx = perm[start:start + self.batch_size_3d]
-                p, d, st, bt = (a[idx].to(dev) for a in (pts, depth, seg_t, box_t))
-                logits, centre0, out = net(p, d)
-                l_seg = F.binary_cross_entropy_with_logits(logits, st)
-                centre = centre0 + out[:, :3]
-                l_centre = F.smooth_l1_loss(centre, bt[:, :3], beta=0.1) + 0.5 * F.smooth_l1_loss(centre0, bt[:, :3], beta=0.1)
-                l_size = F.smooth_l1_loss(out[:, 3:6], bt[:, 3:6], beta=0.1)
-                l_angle = F.smooth_l1_loss(out[:, 6:8], bt[:, 6:8], beta=0.1)
-                loss = l_seg + 2.0 * l_centre + l_size + 0.5 * l_angle
-                if not torch.isfinite(loss):
-                    raise NodeError(f"PedestrianDetector frustum: loss became {loss.item()} at epoch {epoch} (seed {seed})")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                sched.step()
-                total += loss.item() * len(idx)
-            history.append(total / m)
-        self.train_loss_3d_ = np.asarray(history)
-        self.n_frustums_ = m
-        return net.cpu().eval()
+        net = FrustumNet(self.width_3d)
+
+        def batch_loss(net, idx, step):
+            p, d, st, bt = (a[idx].to(dev) for a in (pts, depth, seg_t, box_t))
+            logits, centre0, out = net(p, d)
+            l_seg = F.binary_cross_entropy_with_logits(logits, st)
+            centre = centre0 + out[:, :3]
+            l_centre = F.smooth_l1_loss(centre, bt[:, :3], beta=0.1) + 0.5 * F.smooth_l1_loss(centre0, bt[:, :3], beta=0.1)
+            l_size = F.smooth_l1_loss(out[:, 3:6], bt[:, 3:6], beta=0.1)
+            l_angle = F.smooth_l1_loss(out[:, 6:8], bt[:, 6:8], beta=0.1)
+            return l_seg + 2.0 * l_centre + l_size + 0.5 * l_angle
+
+        trained = train(net, batch_loss, epochs=self.epochs_3d, n=len(pts),
+                        batch_size=self.batch_size_3d, seed=seed, optimizer="adamw", lr=self.lr_3d,
+                        weight_decay=self.weight_decay, schedule="onecycle", schedule_every="step",
+                        device=dev, name="Pedestrian frustum")
+        self.train_loss_3d_ = trained.history
+        self.n_frustums_ = len(pts)
+        return trained.module
 
     # -- the node contract -----------------------------------------------------------------
     def _require_fitted(self) -> None:

@@ -14,9 +14,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from entangle.models.mlp import MLP
 from entangle.node import BaseNode, NotFittedError, _stack_inputs
+from entangle.training import train
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +29,12 @@ class VAE(nn.Module):
         super().__init__()
         self.in_features = in_features
         self.latent_dim = latent_dim
-        enc: list[nn.Module] = []
-        width = in_features
-        for h in hidden:
-            enc += [nn.Linear(width, int(h)), nn.ReLU()]
-            width = int(h)
-        self.encoder = nn.Sequential(*enc)
-        self.to_stats = nn.Linear(width, 2 * latent_dim)
-        dec: list[nn.Module] = []
-        width = latent_dim
-        for h in reversed(list(hidden)):
-            dec += [nn.Linear(width, int(h)), nn.ReLU()]
-            width = int(h)
-        dec.append(nn.Linear(width, in_features))
-        self.decoder = nn.Sequential(*dec)
+        self.encoder = MLP(in_features, list(hidden), 2 * latent_dim)           # -> (mu, logvar)
+        self.decoder = MLP(latent_dim, list(reversed(list(hidden))), in_features)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and log-variance, each (batch, latent)."""
-        mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
         return mu, logvar.clamp(-12.0, 8.0)
 
     def decode_logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -90,27 +79,15 @@ def train_vae(x: np.ndarray, *, latent_dim: int = 6, hidden: Sequence[int] = (25
     torch.manual_seed(seed)
     X = torch.as_tensor(np.clip(np.asarray(x, dtype=np.float32), 0.0, 1.0))
     model = VAE(X.shape[1], latent_dim, hidden)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in tqdm(range(int(epochs)), desc="vae", disable=None, leave=False):
-        perm = torch.randperm(len(X), generator=gen)
-        total = 0.0
-        for start in range(0, len(X), batch_size):
-            batch = X[perm[start:start + batch_size]]
-            opt.zero_grad()
-            ramp = min(1.0, (epoch + start / len(X)) / max(warmup * epochs, 1e-9)) if warmup > 0 else 1.0
-            rec, kl = elbo_terms(model, batch, beta * ramp, sigma)
-            loss = (rec + kl).mean()
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"VAE loss became {loss.item()} at epoch {epoch} (seed {seed})")
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(batch)
-        sched.step()
-        log.debug("vae epoch %d: -elbo %.3f", epoch, total / len(X))
-    return model.eval()
+
+    def batch_loss(model, idx, step):
+        start = step.step * batch_size
+        ramp = min(1.0, (step.epoch + start / len(X)) / max(warmup * epochs, 1e-9)) if warmup > 0 else 1.0
+        rec, kl = elbo_terms(model, X[idx], beta * ramp, sigma)
+        return (rec + kl).mean()
+
+    return train(model, batch_loss, epochs=int(epochs), n=len(X), batch_size=batch_size, seed=seed,
+                 lr=lr, schedule="cosine", name="vae").module
 
 
 class VAENode(BaseNode):

@@ -104,21 +104,22 @@ def decomposition_figure(change: dict[str, Any]):
     return fig
 
 
-def save_study_figures(study, out: Path) -> list[str]:
-    """Write the study figure, the DAG coloured by verdict and any decomposition bars."""
+def save_study_figures(study, report: dict[str, Any], out: Path) -> list[str]:
+    """Write the study figure, the DAG coloured by verdict and any decomposition bars of an
+    improvement ``report`` (:func:`entangle.compare.improvement`) of ``study``."""
     out = Path(out)
     files = []
-    fig = study_figure(study.report)
+    fig = study_figure(report)
     fig.savefig(out / "study.png", dpi=110)
     plt.close(fig)
     files.append("study.png")
-    status = node_status(study.report)
-    fig = draw_system(study.new.graph, status, title=f"changed: {study.report['changed']}",
-                      highlight=[study.report["changed"]])
+    status = node_status(report)
+    fig = draw_system(study.new.graph, status, title=f"changed: {report['changed']}",
+                      highlight=list(getattr(study, "changed_nodes", [report["changed"]])))
     fig.savefig(out / "system.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     files.append("system.png")
-    for name, change in (study.report.get("decomposition") or {}).items():
+    for name, change in (report.get("decomposition") or {}).items():
         fig = decomposition_figure(change)
         fig.savefig(out / f"decomposition_{name}.png", dpi=110, bbox_inches="tight")
         plt.close(fig)

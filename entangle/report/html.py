@@ -11,17 +11,22 @@ chosen by the keys present:
 - sweep summary (``jobs``, ``failures``), dataset checks (``problems``, ``counts``);
 - analyses (``references``, ``stress``, ``instability``, ``churn``, ``directions``,
   ``regions``, ...): each its own section;
-- anything else: a generic table (:func:`entangle.report.format.value_html`), so a new key
+- anything else: a generic table (:func:`entangle.report.format.value_view`), so a new key
   degrades gracefully instead of breaking the page.
 
-Sections are functions of ``(report, context)`` registered in :data:`SECTIONS`; a new analysis
-adds its own by appending one.
+This module only turns a report into plain data: each section builder, a function of
+``(report, context)`` registered in :data:`SECTIONS`, returns a dict naming its template in
+``templates/`` and the strings and numbers that template shows; the answer is a list of
+sentences, each a list of text segments. All markup lives in the templates (``report.html.j2``,
+one template per section, shared macros in ``macros.html.j2``), autoescaped. A new analysis
+adds its section by appending a builder and a template.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
+import functools
 import io
 import json
 import logging
@@ -31,12 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import networkx as nx
-from jinja2 import Environment, FileSystemLoader, select_autoescape
-from markupsafe import Markup
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from entangle.report.format import (figure_id, fmt_interval, fmt_number, fmt_signed,
-                                    interval_html, interval_svg, is_interval, records_table,
-                                    value_html, verdict_badge)
+from entangle.report.colors import DARK, VERDICT_COLORS
+from entangle.report.format import (cell_view, figure_id, fmt_interval, fmt_number, fmt_signed,
+                                    glyph_view, is_interval, records_view, split_overrides,
+                                    value_view)
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +56,21 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 # Keys every report may carry that describe the run rather than a result.
 META_KEYS = ("experiment", "status", "profile", "seeds", "split", "wall_time_s")
 
+#: one sentence of the answer: plain strings and ``{"style", "text"}`` segments, ``style`` one of
+#: ``b``, ``code``, ``flag`` (a finding), ``why`` (its explanation), ``muted``.
+Sentence = list[Any]
+#: a section of the page: ``id``, ``title``, ``template`` and the data that template shows.
+Section = dict[str, Any]
 
-@dataclass
-class Section:
-    """One section of the page: an anchor id, a title and its HTML."""
 
-    id: str
-    title: str
-    body: Markup
+def _em(style: str, text: Any) -> dict[str, str]:
+    """A text segment drawn with ``style`` (see :data:`Sentence`)."""
+    return {"style": style, "text": str(text)}
+
+
+def section(id: str, title: str, template: str, **data: Any) -> Section:
+    """A section of the page: its anchor, title, template file and what the template shows."""
+    return {"id": id, "title": title, "template": template, **data}
 
 
 @dataclass
@@ -77,17 +89,17 @@ class Context:
         """Mark report keys as shown, so the generic section skips them."""
         self.used_keys.update(k for k in keys if k in self.report)
 
-    def figure(self, name: str, caption: str = "") -> Markup:
-        """The embedded figure ``name`` from the run dir (once per page), or nothing."""
+    def figure(self, name: str, caption: str = "") -> dict[str, str] | None:
+        """The embedded figure ``name`` from the run dir (once per page), or None."""
         if name not in self.figures or name in self.used_figures:
-            return Markup("")
+            return None
         self.used_figures.add(name)
-        return figure_html(name, self.figures[name], caption)
+        return figure_view(name, self.figures[name], caption)
 
-    def figures_matching(self, predicate: Callable[[str], bool], caption: str = "") -> Markup:
+    def figures_matching(self, predicate: Callable[[str], bool], caption: str = "") -> list[dict[str, str]]:
         """Every not yet shown figure whose name satisfies ``predicate``."""
-        return Markup("").join(self.figure(n, caption) for n in list(self.figures)
-                               if predicate(n))
+        found = (self.figure(n, caption) for n in list(self.figures) if predicate(n))
+        return [f for f in found if f is not None]
 
     def text_file(self, name: Any) -> str | None:
         """The text of a small ``.txt``/``.md`` artefact the report names, if it is in the run dir."""
@@ -103,13 +115,9 @@ class Context:
         return path.read_text(errors="replace")
 
 
-def figure_html(name: str, data_uri: str, caption: str = "") -> Markup:
-    """An embedded image with its file name (and caption) below it."""
-    cap = Markup("<code>{}</code>").format(name)
-    if caption:
-        cap = Markup("{} — {}").format(caption, cap)
-    return Markup('<figure id="fig-{}"><img src="{}" alt="{}"><figcaption>{}</figcaption>'
-                  '</figure>').format(figure_id(name), Markup(data_uri), name, cap)
+def figure_view(name: str, data_uri: str, caption: str = "") -> dict[str, str]:
+    """An embedded image: its file name (shown below it and used as its anchor) and caption."""
+    return {"name": name, "id": figure_id(name), "src": data_uri, "caption": caption}
 
 
 def png_data_uri(data: bytes) -> str:
@@ -164,7 +172,7 @@ def listed_figures(report: Mapping[str, Any]) -> list[str]:
     return names
 
 
-# -- sections ------------------------------------------------------------------------------
+# -- the improvement study ------------------------------------------------------------------
 
 def _mean(values: Any) -> float | None:
     vals = [float(v) for v in values or [] if v is not None and math.isfinite(float(v))]
@@ -199,83 +207,86 @@ def node_status(report: Mapping[str, Any]) -> dict[str, str | None]:
     return status
 
 
+def _arrow(r: Mapping[str, Any]) -> str:
+    """Which direction of a node's metric is better."""
+    return {True: "↑", False: "↓"}.get(r.get("higher_is_better"), "")
+
+
 def _metric_change(r: Mapping[str, Any]) -> str:
-    arrow = {True: "↑", False: "↓"}.get(r.get("higher_is_better"), "")
-    return (f"{r.get('metric')}{arrow} {fmt_number(_mean(r.get('old')))} → "
+    return (f"{r.get('metric')}{_arrow(r)} {fmt_number(_mean(r.get('old')))} → "
             f"{fmt_number(_mean(r.get('new')))}, Δ {fmt_signed(r.get('delta_mean'))} "
             f"{fmt_interval(r.get('delta_ci'))}")
 
 
-def study_answer(report: Mapping[str, Any]) -> list[Markup]:
+def study_answer(report: Mapping[str, Any]) -> list[Sentence]:
     """The study's answer in sentences: did the change help itself, and whom did it hurt."""
     nodes = study_nodes(report)
     if nodes is None:
         return []
     changed = report.get("changed")
-    out: list[Markup] = []
+    out: list[Sentence] = []
     own = nodes.get(changed, {})
     if "delta_mean" in own:
         word = {"improved": "improved", "worse": "got worse", "noise": "did not change beyond noise"}
-        out.append(Markup("Changing <b>{}</b> {} on its own metric ({}).").format(
-            changed, word.get(own.get("verdict"), own.get("verdict")), _metric_change(own)))
+        out.append(["Changing ", _em("b", changed),
+                    f" {word.get(own.get('verdict'), own.get('verdict'))} on its own metric "
+                    f"({_metric_change(own)})."])
     flags = report.get("self_defeating") or []
     for f in flags:
         r = nodes.get(f.get("downstream"), {})
-        out.append(Markup('<span class="flag">Self-defeating:</span> after retraining, <b>{}</b> '
-                          'got worse ({}).').format(f.get("downstream"), _metric_change(r)))
+        out.append([_em("flag", "Self-defeating:"), " after retraining, ", _em("b", f.get("downstream")),
+                    f" got worse ({_metric_change(r)})."])
         if f.get("explanation"):
-            out.append(Markup('<span class="why">Why: {}</span>').format(f["explanation"]))
+            out.append([_em("why", f"Why: {f['explanation']}")])
     flagged = {f.get("downstream") for f in flags}
-    others = [n for n in nodes if n != changed and n not in flagged]
     groups: dict[str, list[str]] = {}
-    for n in others:
-        groups.setdefault(nodes[n].get("verdict") or "not compared", []).append(n)
+    for n in nodes:
+        if n != changed and n not in flagged:
+            groups.setdefault(nodes[n].get("verdict") or "not compared", []).append(n)
     text = {"improved": "Also improved", "worse": "Worse (but not flagged)",
             "noise": "No change beyond noise", "incomparable": "Metric changed, not comparable"}
     for verdict, names in groups.items():
-        out.append(Markup("{}: {}.").format(text.get(verdict, verdict.capitalize()),
-                                            Markup(", ").join(Markup("<b>{}</b>").format(n)
-                                                              for n in names)))
+        line: Sentence = [f"{text.get(verdict, str(verdict).capitalize())}: "]
+        for i, n in enumerate(names):
+            line += [", "] * (i > 0) + [_em("b", n)]
+        out.append(line + ["."])
     if not flags and "delta_mean" in own:
-        out.append(Markup("No self-defeating improvement was found over {} seeds.").format(
-            len(report.get("seeds") or [])))
+        out.append([f"No self-defeating improvement was found over {len(report.get('seeds') or [])} seeds."])
     return out
 
 
-def _node_table(report: Mapping[str, Any]) -> Markup:
-    nodes = study_nodes(report) or {}
+def _spread(values: Any) -> dict[str, Any]:
+    """Values over seeds as mean ± sd, each seed's value for a tooltip."""
+    sd = _sd(values)
+    return {"mean": fmt_number(_mean(values)), "sd": fmt_number(sd, 2) if sd is not None else None,
+            "title": "per seed: " + ", ".join(fmt_number(v) for v in values or [])}
+
+
+def _node_rows(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per node of the study: metric, old and new spread, paired delta, verdicts."""
     status = node_status(report)
     rows = []
-    for name, r in nodes.items():
-        if "delta_mean" not in r:
-            rows.append(Markup('<tr><th>{}</th><td>{}</td><td colspan="6"></td><td>{}</td>'
-                               '<td></td></tr>').format(name, r.get("metric"),
-                                                        verdict_badge(r.get("verdict"))))
-            continue
-        arrow = {True: "↑", False: "↓"}.get(r.get("higher_is_better"), "")
-        badges = verdict_badge(r.get("verdict"))
-        if status.get(name) == "self-defeating":
-            badges += Markup(" ") + verdict_badge("self-defeating")
-        changed = Markup(' <span class="muted">(changed)</span>') if name == report.get("changed") else ""
+    for name, r in (study_nodes(report) or {}).items():
+        verdicts = [r.get("verdict")] + ["self-defeating"] * (status.get(name) == "self-defeating")
+        row = {"name": name, "changed": name == report.get("changed"), "metric": str(r.get("metric")),
+               "compared": "delta_mean" in r, "verdicts": verdicts}
+        if row["compared"]:
+            row.update(arrow=_arrow(r), old=_spread(r.get("old")), new=_spread(r.get("new")),
+                       delta=fmt_signed(r.get("delta_mean")), ci=fmt_interval(r.get("delta_ci")),
+                       glyph=glyph_view(r.get("delta_mean"), r.get("delta_ci"), status.get(name)),
+                       retrained={True: "yes", False: "no"}.get(r.get("retrained"), "–"))
+        rows.append(row)
+    return rows
 
-        def spread(vals: Any) -> Markup:
-            sd = _sd(vals)
-            return Markup('<span class="num" title="per seed: {}">{}{}</span>').format(
-                ", ".join(fmt_number(v) for v in vals or []), fmt_number(_mean(vals)),
-                Markup(' <span class="muted">± {}</span>').format(fmt_number(sd, 2)) if sd is not None else "")
 
-        rows.append(Markup(
-            '<tr><th>{}{}</th><td>{} {}</td><td>{}</td><td>{}</td><td class="num">{}</td>'
-            '<td class="num">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>').format(
-            name, changed, r.get("metric"), arrow, spread(r.get("old")), spread(r.get("new")),
-            fmt_signed(r.get("delta_mean")), fmt_interval(r.get("delta_ci")),
-            interval_svg(r.get("delta_mean"), r.get("delta_ci"), status.get(name)), badges,
-            {True: "yes", False: "no"}.get(r.get("retrained"), "–")))
-    head = ("<tr><th>node</th><th>metric</th><th>old (mean ± sd)</th><th>new (mean ± sd)</th>"
-            "<th>Δ new − old</th><th>95% interval</th><th>interval vs 0</th><th>verdict</th>"
-            "<th>retrained</th></tr>")
-    return Markup('<div class="scroll"><table class="data nodes"><thead>{}</thead><tbody>{}</tbody>'
-                  '</table></div>').format(Markup(head), Markup("").join(rows))
+def _drawn_system(ctx: Context, status: Mapping[str, Any] | None, highlight: list[Any],
+                  caption: str) -> dict[str, str] | None:
+    """The system drawn from the pipeline's graph, where the run dir has no picture of it."""
+    if ctx.graph is None or not ctx.graph.number_of_nodes():
+        return None
+    from entangle.report.dag import draw_system  # matplotlib only for runs that need a drawing
+    fig = draw_system(ctx.graph, status, highlight=highlight)
+    return figure_view("system (drawn from the pipeline config)", matplotlib_uri(fig), caption)
 
 
 def study_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
@@ -285,34 +296,39 @@ def study_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
         return None
     key = "nodes" if report.get("nodes") == nodes else "study"
     ctx.claim("changed", key, "self_defeating", "seeds", "split", "test", "store")
-    parts = []
-    dag = ctx.figure("system.png", "The system: nodes coloured by verdict, the changed node outlined")
-    if not dag and ctx.graph is not None:
-        from entangle.report.dag import draw_system
-        fig = draw_system(ctx.graph, node_status(report), highlight=[report.get("changed")])
-        dag = figure_html("system (drawn from the pipeline config)", matplotlib_uri(fig),
-                          "The system: nodes coloured by verdict")
-    ctx.drew_system = ctx.drew_system or bool(dag)
-    parts.append(dag)
+    system = (ctx.figure("system.png", "The system: nodes coloured by verdict, the changed node outlined")
+              or _drawn_system(ctx, node_status(report), [report.get("changed")],
+                               "The system: nodes coloured by verdict"))
+    ctx.drew_system = ctx.drew_system or system is not None
     seeds = report.get("seeds") or []
-    parts.append(Markup('<p class="muted">Paired over {} seeds ({}) on split <code>{}</code>; '
-                        '{}. A node is <i>improved</i> or <i>worse</i> only when the interval '
-                        'excludes zero; ↑/↓ says which direction of the metric is better.</p>')
-                 .format(len(seeds), ", ".join(str(s) for s in seeds), report.get("split", "test"),
-                         report.get("test", "paired t interval")))
-    parts.append(_node_table(report))
-    parts.append(ctx.figure("study.png", "Old vs new metric per seed (grey: one seed; colour: mean)"))
     store = report.get("store")
-    if isinstance(store, Mapping):
-        parts.append(Markup('<p class="muted">Store: {} fits reused, {} computed.</p>').format(
-            store.get("hits"), store.get("misses")))
-    return Section("study", "Improvement study", Markup("").join(parts))
+    return section("study", "Improvement study", "study.html.j2", system=system,
+                   n_seeds=len(seeds), seeds=", ".join(str(s) for s in seeds),
+                   split=str(report.get("split", "test")),
+                   test=str(report.get("test", "paired t interval")), rows=_node_rows(report),
+                   figure=ctx.figure("study.png", "Old vs new metric per seed (grey: one seed; colour: mean)"),
+                   store={"hits": str(store.get("hits")), "misses": str(store.get("misses"))}
+                   if isinstance(store, Mapping) else None)
 
+
+def system_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
+    """The system the run used, when no study section has drawn it (its picture or its config)."""
+    if ctx.drew_system:
+        return None
+    dag = ctx.figure("system.png", "The system") or _drawn_system(ctx, None, [], "The system this run used")
+    if dag is None:
+        return None
+    ctx.drew_system = True
+    return section("system", "The system", "generic.html.j2", figures=[dag])
+
+
+# -- the error decomposition ----------------------------------------------------------------
 
 _TERM_ORDER = ("L*", "upstream", "approximation", "estimation", "compatibility", "total")
 
 
-def _term_rows(change: Mapping[str, Any]) -> list[tuple[str, Any, Any, Any]]:
+def _term_rows(change: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per term: old and new level, paired delta with its glyph."""
     old_terms = (change.get("old") or {}).get("terms") or {}
     new_terms = (change.get("new") or {}).get("terms") or {}
     deltas = change.get("deltas") or {}
@@ -320,50 +336,29 @@ def _term_rows(change: Mapping[str, Any]) -> list[tuple[str, Any, Any, Any]]:
     names += [t for t in list(old_terms) + list(deltas) if t not in names]
     rows = []
     for t in names:
-        rows.append((t, old_terms.get(t), new_terms.get(t), deltas.get(t)))
+        d = deltas.get(t)
+        rows.append({"term": t, "old": cell_view(old_terms.get(t)), "new": cell_view(new_terms.get(t)),
+                     "delta": cell_view(d, signed=True),
+                     "glyph": glyph_view(d.get("mean"), d.get("ci")) if is_interval(d) else None})
     return rows
 
 
-def _cell(v: Any, signed: bool = False) -> Markup:
-    if v is None:
-        return Markup('<span class="muted">–</span>')
-    return interval_html(v, signed=signed) if is_interval(v) else value_html(v)
-
-
-def decomposition_block(name: str, change: Mapping[str, Any], ctx: Context) -> Markup:
-    """One change decomposition: its sentence, term table (old, new, delta) and bars."""
-    parts = [Markup("<h3>{}</h3>").format(name)]
-    if change.get("sentence"):
-        parts.append(Markup('<p class="answer-line">{}</p>').format(change["sentence"]))
-    rows = Markup("").join(
-        Markup("<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>").format(
-            t, _cell(o), _cell(n), _cell(d, signed=True),
-            interval_svg((d or {}).get("mean"), (d or {}).get("ci")) if is_interval(d) else "")
-        for t, o, n, d in _term_rows(change))
-    parts.append(Markup(
-        '<div class="scroll"><table class="data"><thead><tr><th>term</th><th>old</th><th>new</th>'
-        '<th>Δ (95% interval)</th><th>Δ vs 0</th></tr></thead><tbody>{}</tbody></table></div>')
-        .format(rows))
-    fig = ctx.figures_matching(lambda n: n.startswith("decomposition") and name in n)
-    if not fig and change.get("deltas"):
-        from entangle.report.figures import decomposition_figure
-        fig = figure_html(f"decomposition of {name}", matplotlib_uri(decomposition_figure(change)),
-                          "Terms old vs new (stacked) and their paired deltas")
-    parts.append(fig)
+def decomposition_block(name: str, change: Mapping[str, Any], ctx: Context) -> dict[str, Any]:
+    """One change decomposition: its sentence, term table (old, new, delta), bars and facts."""
+    figs = ctx.figures_matching(lambda n: n.startswith("decomposition") and name in n)
+    if not figs and change.get("deltas"):
+        from entangle.report.figures import decomposition_figure  # matplotlib only when drawing
+        figs = [figure_view(f"decomposition of {name}", matplotlib_uri(decomposition_figure(change)),
+                            "Terms old vs new (stacked) and their paired deltas")]
     facts = {k: change[k] for k in ("changed", "loss", "dominant", "dominant_term",
                                     "downstream_verdict", "upstream_verdicts", "self_defeating")
              if k in change}
-    parts.append(value_html(facts))
-    warnings = list((change.get("old") or {}).get("warnings") or []) + list(
-        (change.get("new") or {}).get("warnings") or []) + list(change.get("warnings") or [])
-    if warnings:
-        parts.append(Markup('<div class="warn"><b>Warnings</b><ul>{}</ul></div>').format(
-            Markup("").join(Markup("<li>{}</li>").format(w) for w in warnings)))
+    warnings = [str(w) for side in (change.get("old") or {}, change.get("new") or {}, change)
+                for w in side.get("warnings") or []]
     est = (change.get("old") or {}).get("estimators")
-    if est:
-        parts.append(Markup("<details><summary>How each term is estimated</summary>{}</details>")
-                     .format(value_html(est)))
-    return Markup("").join(parts)
+    return {"name": name, "value": None, "sentence": change.get("sentence"),
+            "rows": _term_rows(change), "figures": figs, "facts": value_view(facts),
+            "warnings": warnings, "estimators": value_view(est) if est else None}
 
 
 def decomposition_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
@@ -372,19 +367,11 @@ def decomposition_section(report: Mapping[str, Any], ctx: Context) -> Section | 
     if not isinstance(dec, Mapping):
         return None
     ctx.claim("decomposition")
-    if not dec:
-        return Section("decomposition", "Error decomposition",
-                       Markup('<p class="muted">Nothing to decompose: no flagged pair was covered.</p>'))
-    blocks = []
-    for name, change in dec.items():
-        if isinstance(change, Mapping) and ("deltas" in change or "old" in change):
-            blocks.append(decomposition_block(str(name), change, ctx))
-        else:
-            blocks.append(Markup("<h3>{}</h3>{}").format(name, value_html(change)))
-    intro = Markup('<p class="muted">L(v̂∘u) − L* = upstream error [L*(u) − L*] + approximation '
-                   'error [L_H(u) − L*(u)] + estimation error [L(v̂∘u) − L_H(u)]; each term is '
-                   'estimated per seed and its change given with a paired 95% interval.</p>')
-    return Section("decomposition", "Error decomposition", intro + Markup("").join(blocks))
+    blocks = [decomposition_block(str(name), change, ctx)
+              if isinstance(change, Mapping) and ("deltas" in change or "old" in change)
+              else {"name": str(name), "value": value_view(change)}
+              for name, change in dec.items()]
+    return section("decomposition", "Error decomposition", "decomposition.html.j2", blocks=blocks)
 
 
 def _toys(report: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
@@ -394,21 +381,37 @@ def _toys(report: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
     return toys
 
 
-def toys_answer(report: Mapping[str, Any]) -> list[Markup]:
+def toys_answer(report: Mapping[str, Any]) -> list[Sentence]:
     """How many toy systems the decomposition got right (closed-form agreement, mechanism)."""
     toys = _toys(report)
     if toys is None:
         return []
     n_dom = sum(bool(t.get("dominant_correct")) for t in toys)
     n_agree = sum(bool(t.get("all_agree")) for t in toys)
-    out = [Markup("Decomposition checked on {} toy systems: every estimate agrees with its "
-                  "closed form in <b>{}</b> of them; the engine names the right mechanism "
-                  "in <b>{}</b>.").format(len(toys), f"{n_agree}/{len(toys)}", f"{n_dom}/{len(toys)}")]
+    out = [[f"Decomposition checked on {len(toys)} toy systems: every estimate agrees with its "
+            "closed form in ", _em("b", f"{n_agree}/{len(toys)}"),
+            " of them; the engine names the right mechanism in ", _em("b", f"{n_dom}/{len(toys)}"), "."]]
     for t in toys:
         if not t.get("dominant_correct"):
-            out.append(Markup("{}: expected the {} term to dominate, the engine named {}.").format(
-                t.get("name"), t.get("mechanism"), t.get("dominant_term")))
+            out.append([f"{t.get('name')}: expected the {t.get('mechanism')} term to dominate, "
+                        f"the engine named {t.get('dominant_term')}."])
     return out
+
+
+def _toy_view(toy: Mapping[str, Any]) -> dict[str, Any]:
+    """One toy system: its mechanism, what the engine named, closed forms against estimates."""
+    rows = [{"term": term, "side": side, "closed_form": cell_view(p.get("closed_form"), signed=side == "delta"),
+             "estimate": cell_view(p.get("estimate"), signed=side == "delta"), "agrees": bool(p.get("agrees"))}
+            for term, sides in (toy.get("terms") or {}).items()
+            for side, p in (sides or {}).items() if isinstance(p, Mapping)]
+    rest = {k: v for k, v in toy.items() if k not in (
+        "name", "mechanism", "description", "sentence", "terms", "dominant_term",
+        "dominant_correct", "self_defeating", "all_agree")}
+    return {"name": str(toy.get("name", "toy")), "mechanism": str(toy.get("mechanism")),
+            "description": toy.get("description"), "sentence": toy.get("sentence"),
+            "dominant_term": str(toy.get("dominant_term")), "dominant_ok": bool(toy.get("dominant_correct")),
+            "self_defeating": "yes" if toy.get("self_defeating") else "no",
+            "all_agree": "yes" if toy.get("all_agree") else "no", "rows": rows, "details": value_view(rest)}
 
 
 def toys_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
@@ -417,97 +420,79 @@ def toys_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
     if toys is None:
         return None
     ctx.claim("toys", "all_agree", "all_dominant_correct", "criterion")
-    parts = []
-    if report.get("criterion"):
-        parts.append(Markup('<p class="muted">Agreement: {}.</p>').format(report["criterion"]))
-    parts.append(ctx.figures_matching(lambda n: "decomposition" in n,
-                                      "Estimated terms (bars) against closed forms (ticks)"))
-    for toy in toys:
-        name = toy.get("name", "toy")
-        ok = "✓" if toy.get("dominant_correct") else "✗"
-        parts.append(Markup("<h3>{} <span class=\"muted\">— mechanism: {}</span></h3>").format(
-            name, toy.get("mechanism")))
-        if toy.get("description"):
-            parts.append(Markup("<p>{}</p>").format(toy["description"]))
-        if toy.get("sentence"):
-            parts.append(Markup('<p class="answer-line">{}</p>').format(toy["sentence"]))
-        parts.append(Markup("<p>Dominant term named: <b>{}</b> {} · self-defeating: {} · all "
-                            "estimates agree: {}</p>").format(
-            toy.get("dominant_term"), ok, "yes" if toy.get("self_defeating") else "no",
-            "yes" if toy.get("all_agree") else "no"))
-        rows = []
-        for term, sides in (toy.get("terms") or {}).items():
-            for side, p in (sides or {}).items():
-                if not isinstance(p, Mapping):
-                    continue
-                rows.append(Markup("<tr><th>{}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>")
-                            .format(term, side, _cell(p.get("closed_form"), side == "delta"),
-                                    _cell(p.get("estimate"), side == "delta"),
-                                    "✓" if p.get("agrees") else Markup('<b class="bad">✗</b>')))
-        if rows:
-            parts.append(Markup(
-                '<details><summary>Terms: closed form vs estimate</summary><div class="scroll">'
-                '<table class="data"><thead><tr><th>term</th><th>side</th><th>closed form</th>'
-                '<th>estimate (95% interval)</th><th>agrees</th></tr></thead><tbody>{}</tbody>'
-                '</table></div></details>').format(Markup("").join(rows)))
-        rest = {k: v for k, v in toy.items() if k not in (
-            "name", "mechanism", "description", "sentence", "terms", "dominant_term",
-            "dominant_correct", "self_defeating", "all_agree")}
-        parts.append(Markup("<details><summary>Details</summary>{}</details>").format(value_html(rest)))
-    return Section("toys", "Decomposition against closed forms", Markup("").join(parts))
+    return section("toys", "Decomposition against closed forms", "toys.html.j2",
+                   criterion=report.get("criterion"),
+                   figures=ctx.figures_matching(lambda n: "decomposition" in n,
+                                                "Estimated terms (bars) against closed forms (ticks)"),
+                   toys=[_toy_view(t) for t in toys])
 
 
-def sweep_answer(report: Mapping[str, Any]) -> list[Markup]:
-    """How many jobs ran and failed, and which found a self-defeating improvement."""
-    jobs = report.get("jobs")
-    if not isinstance(jobs, list) or "failures" not in report:
-        return []
-    failures = report.get("failures") or []
-    out = [Markup("Sweep of <b>{}</b> jobs: {} failed.").format(len(jobs), len(failures))]
-    flagged = [j for j in jobs if isinstance(j, Mapping) and j.get("self_defeating")]
-    if flagged:
-        out.append(Markup("Self-defeating in {} of them: {}.").format(
-            len(flagged), "; ".join(f"{' '.join(j.get('overrides') or []) or j.get('job')}: "
-                                    f"{', '.join(j['self_defeating'])}" for j in flagged)))
-    return out
+# -- sweeps and dataset checks --------------------------------------------------------------
 
-
-def sweep_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
-    """A sweep summary (``jobs``, ``failures``): one row per job, failed jobs with their errors."""
+def _sweep_jobs(report: Mapping[str, Any]) -> list[Mapping[str, Any]] | None:
     jobs = report.get("jobs")
     if not isinstance(jobs, list) or "failures" not in report:
         return None
-    ctx.claim("jobs", "failures", "sweep_dir", "table")
+    return [j for j in jobs if isinstance(j, Mapping)]
+
+
+def _overrides(job: Mapping[str, Any]) -> list[str]:
+    """A job's Hydra overrides, as the sweep summary lists them."""
+    found = job.get("overrides") or []
+    return [str(o) for o in found] if isinstance(found, list) else [str(found)]
+
+
+def sweep_answer(report: Mapping[str, Any]) -> list[Sentence]:
+    """How many jobs ran and failed, and which found a self-defeating improvement."""
+    jobs = _sweep_jobs(report)
+    if jobs is None:
+        return []
+    out = [["Sweep of ", _em("b", len(report["jobs"])), f" jobs: {len(report.get('failures') or [])} failed."]]
+    _, varying = split_overrides([_overrides(j) for j in jobs])
+    flagged = [(j, v) for j, v in zip(jobs, varying) if j.get("self_defeating")]
+    if flagged:
+        out.append([f"Self-defeating in {len(flagged)} of them: " + "; ".join(
+            f"{' '.join(v) or j.get('job')}: {', '.join(j['self_defeating'])}" for j, v in flagged) + "."])
+    return out
+
+
+def _job_row(job: Mapping[str, Any], own: list[str], nodes: list[str]) -> dict[str, Any]:
+    """A job of a sweep: its own overrides, status, each node's delta (interval, verdict)."""
+    cells = [{"delta": fmt_signed(job[f"{n}.delta"]),
+              "ci": fmt_interval(job[f"{n}.ci"]) if f"{n}.ci" in job else None,
+              "verdict": job.get(f"{n}.verdict")} if f"{n}.delta" in job else None for n in nodes]
+    return {"job": str(job.get("job")), "overrides": " ".join(own), "status": str(job.get("status")),
+            "failed": job.get("status") != "ok", "cells": cells,
+            "self_defeating": ", ".join(job.get("self_defeating") or [])}
+
+
+def sweep_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
+    """A sweep summary (``jobs``, ``failures``): one row per job, failed jobs with their errors.
+
+    Each job shows only the overrides that tell it apart; those common to all are said once.
+    """
+    jobs = _sweep_jobs(report)
+    if jobs is None:
+        return None
+    ctx.claim("jobs", "failures", "sweep_dir", "table", "common_overrides")
+    common, varying = split_overrides([_overrides(j) for j in jobs])
+    nodes = list(dict.fromkeys(k[:-6] for j in jobs for k in j if k.endswith(".delta")))
     failures = report.get("failures") or []
-    cols = sorted({k for j in jobs for k in j if k.endswith(".delta")})
-    head = Markup("").join(Markup("<th>{}</th>").format(c[:-6] + " Δ") for c in cols)
-    rows = []
-    for j in jobs:
-        cells = Markup("").join(
-            Markup('<td class="num">{} {}</td>').format(fmt_signed(j[c]), verdict_badge(j.get(c[:-6] + ".verdict")))
-            if c in j else Markup("<td></td>") for c in cols)
-        status = j.get("status")
-        rows.append(Markup('<tr class="{}"><th>{}</th><td><code>{}</code></td><td>{}</td>{}<td>{}</td></tr>')
-                    .format("failed" if status != "ok" else "", j.get("job"),
-                            " ".join(j.get("overrides") or []), status, cells,
-                            ", ".join(j.get("self_defeating") or [])))
-    parts = [Markup("<p>Sweep folder: <code>{}</code></p>").format(report.get("sweep_dir", "")),
-             Markup('<div class="scroll"><table class="data"><thead><tr><th>job</th><th>overrides</th>'
-                    '<th>status</th>{}<th>self-defeating</th></tr></thead><tbody>{}</tbody></table></div>')
-             .format(head, Markup("").join(rows))]
-    parts.append(ctx.figure("summary.png", "Paired delta per job and node"))
-    if failures:
-        parts.append(Markup("<h3>Failed jobs</h3>") + records_table(failures))
-    return Section("sweep", "Sweep summary", Markup("").join(parts))
+    return section("sweep", "Sweep summary", "sweep.html.j2", sweep_dir=str(report.get("sweep_dir", "")),
+                   common=" ".join(common), columns=[f"{n} Δ" for n in nodes],
+                   rows=[_job_row(j, own, nodes) for j, own in zip(jobs, varying)],
+                   figure=ctx.figure("summary.png", "Paired delta per job and node (95% interval, "
+                                                    "coloured by verdict)"),
+                   failures=value_view(failures) if failures else None)
 
 
-def dataset_answer(report: Mapping[str, Any]) -> list[Markup]:
+def dataset_answer(report: Mapping[str, Any]) -> list[Sentence]:
     """How many frames were checked and how many problems were found."""
     if "problems" not in report or "counts" not in report:
         return []
-    return [Markup("Checked <b>{}</b> frames under <code>{}</code>: {} valid, <b>{}</b> problems.")
-            .format(report.get("n_frames", "?"), report.get("root", ""), report.get("n_valid", "?"),
-                    len(report.get("problems") or []))]
+    return [["Checked ", _em("b", report.get("n_frames", "?")), " frames under ",
+             _em("code", report.get("root", "")), f": {report.get('n_valid', '?')} valid, ",
+             _em("b", len(report.get("problems") or [])), " problems."]]
 
 
 def dataset_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
@@ -517,26 +502,21 @@ def dataset_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
     ctx.claim("problems", "counts", "n_frames", "n_valid", "n_problems", "root", "image_sizes",
               "valid_ids")
     problems = report.get("problems") or []
-    parts = [Markup("<h3>Objects per class and difficulty (valid frames)</h3>"),
-             value_html(report.get("counts"))]
-    if report.get("image_sizes"):
-        parts += [Markup("<h3>Image sizes</h3>"), value_html(report["image_sizes"])]
-    parts.append(Markup("<h3>Problems</h3>"))
-    parts.append(records_table(problems) if problems else Markup('<p class="ok">None.</p>'))
     ids = report.get("valid_ids") or []
-    if ids:
-        parts.append(Markup("<details><summary>{} valid frame ids</summary><p>{}</p></details>")
-                     .format(len(ids), ", ".join(map(str, ids[:2000]))))
-    return Section("dataset", "Dataset check", Markup("").join(parts))
+    return section("dataset", "Dataset check", "dataset.html.j2", counts=value_view(report.get("counts")),
+                   image_sizes=value_view(report["image_sizes"]) if report.get("image_sizes") else None,
+                   problems=records_view(problems) if problems else None,
+                   n_ids=len(ids), ids=", ".join(map(str, ids[:2000])))
 
 
-def _ratio_cell(ratio: Any) -> Markup:
-    """An underspecification ratio, shaded by size (1 = no extra spread under stress)."""
+# -- the stress test ------------------------------------------------------------------------
+
+def _ratio(ratio: Any) -> dict[str, str] | None:
+    """An underspecification ratio and its shade (1 = no extra spread under stress), or None."""
     if not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
-        return Markup('<td class="muted">–</td>')
+        return None
     alpha = max(0.0, min(1.0, (ratio - 1.0) / 3.0))
-    return Markup('<td class="num" style="background:rgba(106,27,154,{:.2f})">{}×</td>').format(
-        0.45 * alpha, fmt_number(ratio, 3))
+    return {"text": f"{fmt_number(ratio, 3)}×", "shade": f"{0.45 * alpha:.2f}"}
 
 
 def _stress(report: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -547,7 +527,7 @@ def _stress(report: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
-def stress_answer(report: Mapping[str, Any]) -> list[Markup]:
+def stress_answer(report: Mapping[str, Any]) -> list[Sentence]:
     """Per node: the i.i.d. seed spread and how much larger it gets under the worst stress."""
     under = _stress(report)
     if under is None:
@@ -563,9 +543,9 @@ def stress_answer(report: Mapping[str, Any]) -> list[Markup]:
         if not ratios:
             continue
         worst = max(ratios, key=ratios.get)
-        out.append(Markup("<b>{}</b> ({}): seeds differ by sd {} on i.i.d. test data; under "
-                          "stress their spread grows up to <b>{}×</b> ({}).").format(
-            name, metric, fmt_number(u.get("iid_sd"), 3), fmt_number(ratios[worst], 3), worst))
+        out.append([_em("b", name), f" ({metric}): seeds differ by sd {fmt_number(u.get('iid_sd'), 3)} "
+                    "on i.i.d. test data; under stress their spread grows up to ",
+                    _em("b", f"{fmt_number(ratios[worst], 3)}×"), f" ({worst})."])
     return out
 
 
@@ -574,69 +554,46 @@ def stress_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
     under = _stress(report)
     if under is None:
         return None
-    keys = ("underspecification", "rank_correlation", "corruption_metrics", "subpopulations",
-            "corruptions", "severities", "skipped_corruptions", "corruption_seed", "images", "pairs",
-            "system_outputs")
-    ctx.claim(*keys)
+    settings_keys = ("corruptions", "severities", "skipped_corruptions", "corruption_seed", "images",
+                     "pairs", "system_outputs")
+    ctx.claim("underspecification", "rank_correlation", "corruption_metrics", "subpopulations",
+              *settings_keys)
     nodes = report.get("nodes") if isinstance(report.get("nodes"), Mapping) else {}
     if nodes and all(isinstance(r, Mapping) and "iid_sd" in r for r in nodes.values()):
         ctx.claim("nodes")
     families = list(dict.fromkeys(f for u in under.values() for f in (u.get("families") or {})))
     subpops = list(dict.fromkeys(p for u in under.values() for p in (u.get("subpopulations") or {})))
-    head = Markup("").join(Markup("<th>{}</th>").format(f) for f in families)
-    head += Markup("").join(Markup("<th>{}</th>").format(p) for p in subpops)
     rows = []
     for name, u in under.items():
         n = nodes.get(name) or {}
-        iid = Markup('{} <span class="muted">± {}</span>').format(
-            fmt_number(n.get("iid_mean")), fmt_number(u.get("iid_sd"), 2)) if n else fmt_number(u.get("iid_sd"))
-        cells = Markup("").join(_ratio_cell((u.get("families") or {}).get(f)) for f in families)
-        cells += Markup("").join(_ratio_cell((u.get("subpopulations") or {}).get(p)) for p in subpops)
-        rows.append(Markup("<tr><th>{}</th><td>{}</td><td>{}</td>{}</tr>").format(
-            name, n.get("metric", ""), iid, cells))
-    parts = [Markup(
-        '<p class="muted">Underspecification ratio: the seed-to-seed standard deviation of a '
-        "node's metric under stress over its spread on i.i.d. test data (for a subpopulation, over "
-        "random subsets of the same size). Above 1, seeds that tie on i.i.d. data come apart under "
-        "stress. Nothing is retrained.</p>"),
-        Markup('<div class="scroll"><table class="data"><thead><tr><th colspan="3"></th>'
-               '<th colspan="{}">corruption families</th><th colspan="{}">subpopulations</th></tr>'
-               "<tr><th>node</th><th>metric</th><th>i.i.d. mean ± sd</th>{}</tr>"
-               "</thead><tbody>{}</tbody></table></div>").format(
-            len(families), len(subpops), head, Markup("").join(rows))]
+        rows.append({"name": name, "metric": str(n.get("metric", "")),
+                     "iid_mean": fmt_number(n.get("iid_mean")) if n else None,
+                     "iid_sd": fmt_number(u.get("iid_sd"), 2 if n else 4),
+                     "ratios": [_ratio((u.get("families") or {}).get(f)) for f in families]
+                     + [_ratio((u.get("subpopulations") or {}).get(p)) for p in subpops]})
     rank = report.get("rank_correlation") or {}
+    per_node = []
     for name, u in under.items():
-        corr = u.get("corruptions") or {}
-        if not corr:
+        corr = {c: v for c, v in (u.get("corruptions") or {}).items() if isinstance(v, Mapping)}
+        if not u.get("corruptions"):
             continue
-        sev = report.get("severities") or []
-        body = []
-        for c, v in corr.items():
-            if not isinstance(v, Mapping):
-                continue
-            rc = ((rank.get(name) or {}).get(c) or {}).get("mean")
-            body.append(Markup("<tr><th>{}</th>{}<td>{}</td><td>{}</td><td>{}</td></tr>").format(
-                c, _ratio_cell(v.get("ratio")),
-                ", ".join(f"{fmt_number(x, 3)}×" if x is not None else "–" for x in v.get("ratio_by_severity") or []),
-                ", ".join(fmt_signed(x) for x in v.get("mean_change") or []), fmt_number(rc, 3)))
-        parts.append(Markup(
-            "<details><summary>{}: per corruption (severities {})</summary><div class=\"scroll\">"
-            '<table class="data"><thead><tr><th>corruption</th><th>ratio</th><th>ratio by severity</th>'
-            "<th>mean change by severity</th><th>seed rank correlation with i.i.d.</th></tr></thead>"
-            "<tbody>{}</tbody></table></div></details>").format(
-            name, ", ".join(map(str, sev)), Markup("").join(body)))
-    parts.append(ctx.figures_matching(lambda n: n.startswith("stress"),
-                                      "Metric per seed under each corruption and severity"))
-    settings = {k: report[k] for k in ("corruptions", "severities", "skipped_corruptions",
-                                       "corruption_seed", "images", "pairs", "system_outputs")
-                if k in report}
-    parts.append(Markup("<details><summary>Settings</summary>{}</details>").format(value_html(settings)))
-    for key in ("corruption_metrics", "subpopulations"):
-        if key in report:
-            parts.append(Markup("<details><summary>{} (per seed)</summary>{}</details>").format(
-                key, value_html(report[key], depth=2)))
-    return Section("stress", "Stress test (underspecification)", Markup("").join(parts))
+        per_node.append({"name": name, "severities": ", ".join(map(str, report.get("severities") or [])),
+                         "rows": [{"corruption": c, "ratio": _ratio(v.get("ratio")),
+                                   "by_severity": ", ".join(f"{fmt_number(x, 3)}×" if x is not None else "–"
+                                                            for x in v.get("ratio_by_severity") or []),
+                                   "mean_change": ", ".join(fmt_signed(x) for x in v.get("mean_change") or []),
+                                   "rank": fmt_number(((rank.get(name) or {}).get(c) or {}).get("mean"), 3)}
+                                  for c, v in corr.items()]})
+    return section("stress", "Stress test (underspecification)", "stress.html.j2",
+                   families=families, subpops=subpops, rows=rows, per_node=per_node,
+                   figures=ctx.figures_matching(lambda n: n.startswith("stress"),
+                                                "Metric per seed under each corruption and severity"),
+                   settings=value_view({k: report[k] for k in settings_keys if k in report}),
+                   per_seed=[(key, value_view(report[key], depth=2))
+                             for key in ("corruption_metrics", "subpopulations") if key in report])
 
+
+# -- analyses, anything else, failures ------------------------------------------------------
 
 #: report keys of analyses that get a section of their own, with its title.
 ANALYSIS_TITLES = {
@@ -659,44 +616,28 @@ def analysis_sections(report: Mapping[str, Any], ctx: Context) -> list[Section]:
         if key not in report or key in ctx.used_keys:
             continue
         ctx.claim(key)
-        body = value_html(report[key], figures=ctx.figures)
+        value = value_view(report[key], figures=ctx.figures)
         figs = ctx.figures_matching(lambda n, key=key: key in n.lower() or
                                     (key.endswith("s") and key[:-1] in n.lower()))
-        out.append(Section(key, title, body + figs))
+        out.append(section(key, title, "generic.html.j2", value=value, figures=figs))
     return out
 
 
 def generic_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
-    """Every key no other section showed: scalars in one table, the rest nested."""
+    """Every key no other section showed: scalars in one table, the rest nested, named text
+    tables (``table``/``tables``: a ``.txt``/``.md``/``.csv`` file in the run dir) folded."""
     rest = {k: v for k, v in report.items()
             if k not in ctx.used_keys and k not in META_KEYS and k not in ("figures", "figure")}
     if not rest:
         return None
     ctx.claim(*rest)
-    parts = []
+    texts = []
     for key in ("table", "tables"):
         text = ctx.text_file(rest.get(key))
         if text is not None:
-            parts.append(Markup("<details><summary>{}</summary><pre>{}</pre></details>").format(
-                rest.pop(key), text))
-    if rest:
-        parts.insert(0, value_html(rest, figures=ctx.figures))
-    return Section("results", "Results", Markup("").join(parts))
-
-
-def system_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
-    """The system the run used, when no study section has drawn it (its picture or its config)."""
-    if ctx.drew_system:
-        return None
-    dag = ctx.figure("system.png", "The system")
-    if not dag and ctx.graph is not None and ctx.graph.number_of_nodes():
-        from entangle.report.dag import draw_system
-        dag = figure_html("system (drawn from the pipeline config)", matplotlib_uri(draw_system(ctx.graph)),
-                          "The system this run used")
-    if not dag:
-        return None
-    ctx.drew_system = True
-    return Section("system", "The system", dag)
+            texts.append({"name": rest.pop(key), "text": text})
+    return section("results", "Results", "generic.html.j2",
+                   value=value_view(rest, figures=ctx.figures) if rest else None, texts=texts)
 
 
 def failed_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
@@ -704,32 +645,30 @@ def failed_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
     if report.get("status") != "failed":
         return None
     ctx.claim("error", "traceback")
-    body = Markup('<div class="error"><b>{}</b></div>').format(report.get("error", "unknown error"))
-    if report.get("traceback"):
-        body += Markup("<details><summary>Traceback</summary><pre>{}</pre></details>").format(
-            report["traceback"])
-    return Section("failure", "This run failed", body)
+    return section("failure", "This run failed", "failure.html.j2",
+                   error=str(report.get("error", "unknown error")),
+                   traceback=str(report["traceback"]) if report.get("traceback") else None)
 
 
-def failed_answer(report: Mapping[str, Any]) -> list[Markup]:
+def failed_answer(report: Mapping[str, Any]) -> list[Sentence]:
     """A failed run says so first."""
     if report.get("status") != "failed":
         return []
-    return [Markup('<span class="flag">The run failed:</span> {}').format(report.get("error"))]
+    return [[_em("flag", "The run failed:"), f" {report.get('error')}"]]
 
 
 #: sentence-like keys an analysis may put in its report (top level or in its block).
 SENTENCE_KEYS = ("headline", "sentence", "summary", "conclusion")
 
 
-def sentences_answer(report: Mapping[str, Any]) -> list[Markup]:
+def sentences_answer(report: Mapping[str, Any]) -> list[Sentence]:
     """Sentences the report states itself: top-level ``headline``/``sentence``/``summary`` strings
     and those of each analysis block."""
-    out = [Markup("{}").format(report[k]) for k in SENTENCE_KEYS if isinstance(report.get(k), str)]
+    out = [[report[k]] for k in SENTENCE_KEYS if isinstance(report.get(k), str)]
     for key in ANALYSIS_TITLES:
         block = report.get(key)
         if isinstance(block, Mapping):
-            out += [Markup("{}: {}").format(ANALYSIS_TITLES[key], block[k]) for k in SENTENCE_KEYS
+            out += [[f"{ANALYSIS_TITLES[key]}: {block[k]}"] for k in SENTENCE_KEYS
                     if isinstance(block.get(k), str)]
     return out
 
@@ -748,58 +687,55 @@ def _walk(value: Any, path: tuple[str, ...], depth: int):
             yield from _walk(v, path + (label,), depth - 1)
 
 
-def flagged_answer(report: Mapping[str, Any], limit: int = 6) -> list[Markup]:
+def flagged_answer(report: Mapping[str, Any], limit: int = 6) -> list[Sentence]:
     """Self-defeating findings stated anywhere in the report (``self_defeating: true`` beside a
     ``sentence``), e.g. one per toy or per knob value; the study's own flags are stated already."""
-    out = []
+    out: list[Sentence] = []
     for key, value in report.items():
         if key in ("nodes", "decomposition", "self_defeating") or isinstance(value, (str, int, float)):
             continue
         for path, m in _walk(value, (key,), 5):
             if m.get("self_defeating") is True and isinstance(m.get("sentence"), str):
-                out.append(Markup('<span class="flag">Self-defeating</span> ({}): {}').format(
-                    " › ".join(path), m["sentence"]))
+                out.append([_em("flag", "Self-defeating"), f" ({' › '.join(path)}): {m['sentence']}"])
     if len(out) > limit:
-        out = out[:limit] + [Markup("… and {} more in the sections below.").format(len(out) - limit)]
+        out = out[:limit] + [[f"… and {len(out) - limit} more in the sections below."]]
     return out
 
 
+# -- the page -------------------------------------------------------------------------------
+
 #: answer builders: each returns the sentences it can state about a report (often none).
-ANSWERS: list[Callable[[Mapping[str, Any]], list[Markup]]] = [
+ANSWERS: list[Callable[[Mapping[str, Any]], list[Sentence]]] = [
     failed_answer, study_answer, toys_answer, stress_answer, sweep_answer, dataset_answer,
     flagged_answer, sentences_answer,
 ]
 
 
-def answer(report: Mapping[str, Any]) -> list[Markup]:
-    """The answer of a run in a few sentences (HTML), from every builder in :data:`ANSWERS`."""
+def answer(report: Mapping[str, Any]) -> list[Sentence]:
+    """The answer of a run in a few sentences (text segments), from every builder in :data:`ANSWERS`."""
     return [line for build in ANSWERS for line in build(report)]
 
 
 def answer_text(report: Mapping[str, Any]) -> list[str]:
     """:func:`answer` as plain text, for the terminal."""
-    return [line.striptags() for line in answer(report)]
+    return [" ".join("".join(s if isinstance(s, str) else s["text"] for s in line).split())
+            for line in answer(report)]
 
 
-#: section builders in page order; each returns a Section, a list of them, or None.
+#: section builders in page order; each returns a section, a list of them, or None.
 SECTIONS: list[Callable[[Mapping[str, Any], Context], Section | list[Section] | None]] = [
     failed_section, study_section, system_section, decomposition_section, toys_section,
     stress_section, sweep_section, dataset_section, analysis_sections, generic_section,
 ]
 
 
-def _figures_section(ctx: Context) -> Section | None:
-    rest = [n for n in ctx.figures if n not in ctx.used_figures]
-    if not rest:
-        return None
-    body = Markup("").join(ctx.figure(n) for n in rest)
-    return Section("figures", "Figures", body)
-
-
-def _env() -> Environment:
-    env = Environment(loader=FileSystemLoader(str(TEMPLATES)),
-                      autoescape=select_autoescape(["html", "j2"]), trim_blocks=True,
-                      lstrip_blocks=True)
+@functools.cache
+def environment() -> Environment:
+    """The templates, autoescaped (every report string is text, never markup), with the verdict
+    colours the badges share with the figures."""
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True,
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(verdict_colors=VERDICT_COLORS, dark_verdicts=DARK)
     return env
 
 
@@ -822,23 +758,20 @@ def render_html(report: Mapping[str, Any], run_dir: Path | str | None = None, *,
     sections: list[Section] = []
     for build in SECTIONS:
         got = build(report, ctx)
-        if got is None:
-            continue
-        sections.extend(got if isinstance(got, list) else [got])
-    figs = _figures_section(ctx)
-    if figs:
-        sections.append(figs)
-    meta = {k: report[k] for k in META_KEYS if k in report}
+        if got is not None:
+            sections.extend(got if isinstance(got, list) else [got])
+    rest = [f for f in (ctx.figure(n) for n in list(ctx.figures)) if f is not None]
+    if rest:
+        sections.append(section("figures", "Figures", "generic.html.j2", figures=rest))
     raw = json.dumps(report, indent=1, default=str)
     experiment = report.get("experiment") or "run"
-    return _env().get_template("report.html.j2").render(
-        title=title or f"entangle · {experiment}", experiment=experiment, meta=meta,
-        meta_html={k: value_html(v) for k, v in meta.items() if k != "experiment"},
+    return environment().get_template("report.html.j2").render(
+        title=title or f"entangle · {experiment}", experiment=str(experiment),
+        meta={k: value_view(report[k]) for k in META_KEYS if k in report and k != "experiment"},
         answer=answer(report), summary=list(summary or []),
         summary_open=not isinstance(report.get("nodes"), Mapping) or study_nodes(report) != report["nodes"],
-        sections=sections,
-        raw_json=raw if len(raw) <= MAX_EMBEDDED_JSON else None, raw_size=len(raw),
-        generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
+        sections=sections, raw_json=raw if len(raw) <= MAX_EMBEDDED_JSON else None,
+        raw_size=len(raw), generated=_dt.datetime.now().strftime("%Y-%m-%d %H:%M"))
 
 
 def write_html(report: Mapping[str, Any], run_dir: Path | str, *, graph: nx.DiGraph | None = None,

@@ -18,10 +18,11 @@ from typing import Any, Mapping
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from entangle.compare import paired_delta, summary_lines
-from entangle.system import NodeSpec, System, WIRING_KEYS
-from entangle.tasks import apply_profile, make_executor, make_store, output_dir, profile, seeds
-from entangle.tasks.study import build_systems
+from entangle.compare import attach_explanations, improvement, summary_lines
+from entangle.decompose import decomposition
+from entangle.stats import mean_sd, paired_delta
+from entangle.study import Study
+from entangle.tasks import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,32 +34,10 @@ AP_KEYS = (("bev_ap40_strict_easy", "BEV easy"), ("bev_ap40_strict_moderate", "B
            ("bev_ap11_strict_moderate", "BEV moderate, AP|R11"))
 
 
-def study_seeds(cfg: DictConfig) -> list[int]:
-    """The seeds: the command line's ``seeds=`` if given, else the profile's, else the default."""
-    from entangle.tasks import _task_overrides
-    given = any(ov.key_or_group == "seeds" for ov in _task_overrides())
-    block = profile(cfg)
-    if not given and block.get("seeds") is not None:
-        return [int(s) for s in block.seeds]
-    return seeds(cfg, minimum=1)
-
-
-def reference_system(system: System, node: str, node_cfg: Mapping[str, Any]) -> System:
-    """``system`` with ``node`` replaced by a reference node built from a ``_target_`` config."""
-    from hydra.utils import instantiate
-    cfg = dict(node_cfg)
-    wiring = {k: cfg.pop(k) for k in WIRING_KEYS if k in cfg}
-    spec = system.specs[node]
-    return system.replace(node, NodeSpec(instantiate(cfg, _convert_="all"),
-                                         inputs=dict(wiring.get("inputs", spec.inputs)),
-                                         targets=dict(wiring.get("targets", spec.targets)),
-                                         fit_split=str(wiring.get("fit_split", spec.fit_split))))
-
-
-def _mean_sd(values: list[float]) -> dict[str, float]:
+def _mean_sd(values: list[float]) -> dict[str, Any]:
+    """Mean and sd over seeds of a quantity a seed may lack (NaN: e.g. no object in a bin)."""
     a = np.asarray(values, dtype=np.float64)
-    return {"mean": float(np.nanmean(a)), "sd": float(np.nanstd(a, ddof=1)) if len(a) > 1 else float("nan"),
-            "per_seed": a.tolist()}
+    return mean_sd(a[np.isfinite(a)])
 
 
 def depth_bins(metrics_by_system: Mapping[str, list[dict[str, float]]]) -> dict[str, Any]:
@@ -147,7 +126,7 @@ def object_depth_errors(runs_by_system: Mapping[str, Mapping[int, Any]], stereo:
     absolute depth error over them; per system, the median over objects (moderate and easy
     objects) and the share of objects off by more than 1 m, averaged over seeds.
     """
-    from entangle.models.layout import CAR, L, PEDESTRIAN
+    from entangle.data.labels import CAR, L, PEDESTRIAN
 
     out: dict[str, Any] = {}
     for name, runs in runs_by_system.items():
@@ -177,109 +156,84 @@ def object_depth_errors(runs_by_system: Mapping[str, Mapping[int, Any]], stereo:
     return out
 
 
-def decompose_detectors(study, decomposition: Any, the_seeds: list[int], store) -> dict[str, Any]:
-    """Decompose each detector's risk change named in the ``decomposition`` block (flagged or not)."""
-    from entangle.decompose import decompose_change, estimators_by_node
-
-    by_node = estimators_by_node(decomposition)
-    out = {}
-    for det in DETECTORS:
-        if det not in by_node:
-            continue
-        change = decompose_change(study.old, study.new, det, the_seeds, store, changed=study.report["changed"],
-                                  estimators=by_node[det])
-        out[det] = change.report
-        log.info("decomposition of %s: %s", det, change.report["sentence"])
-    for flag in study.report["self_defeating"]:
-        if flag["downstream"] in out:
-            flag["explanation"] = out[flag["downstream"]]["sentence"]
-    return out
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Experiment entry point: ``python -m entangle experiment=fixes_that_fail``."""
-    from entangle.compare import compare
     from entangle.report.case_study import save_case_study_figures
     from entangle.report.figures import save_study_figures
 
     start = time.perf_counter()
-    cfg = apply_profile(cfg)
-    block = profile(cfg)
-    old, new, changed = build_systems(cfg)
-    store = make_store(cfg)
-    executor = make_executor(cfg)
-    the_seeds = study_seeds(cfg)
-    decomposition = None
-    if block.get("decompose", cfg.get("decompose", True)):   # a profile may resize the references
-        decomposition = OmegaConf.merge(cfg.get("decomposition") or {}, block.get("decomposition") or {})
+    study = Study.from_config(cfg)
+    changed, the_seeds = study.changed, study.seeds
     log.info("case study: %s -> %s over seeds %s", OmegaConf.select(cfg, f"pipeline.nodes.{changed}.objective"),
              cfg.change.set.get("objective"), the_seeds)
-    study = compare(old, new, the_seeds, store, changed=changed, executor=executor)
-    report: dict[str, Any] = dict(study.report)
-    if decomposition:
-        n_dec = block.get("decompose_seeds")
-        report["decomposition"] = decompose_detectors(study, decomposition,
-                                                      the_seeds[:int(n_dec)] if n_dec else the_seeds, store)
-        study.report["decomposition"] = report["decomposition"]
-
+    report: dict[str, Any] = improvement(study)
+    if cfg.get("decompose", True) and cfg.get("decomposition"):
+        n_dec = cfg.get("decompose_seeds")
+        report["decomposition"] = decomposition(study, nodes={d: cfg.decomposition[d] for d in DETECTORS
+                                                              if d in cfg.decomposition},
+                                                seeds=the_seeds[:int(n_dec)] if n_dec else None)
+        attach_explanations(report, report["decomposition"])
     if cfg.get("flips"):
         report["flips"] = flips(study, the_seeds, OmegaConf.to_container(cfg.flips.outcomes, resolve=True))
 
     # references: the same system with the stereo node replaced, every detector retrained
-    # (a profile may run them on the first `reference_seeds` seeds only: they are context, not the
-    # study, and each costs a full set of detector fits per seed)
-    refs_cfg = OmegaConf.to_container(cfg.get("references") or {}, resolve=True)
-    n_ref = block.get("reference_seeds")
+    # (on the first `reference_seeds` seeds only: they are context, not the study, and each
+    # costs a full set of detector fits per seed)
+    n_ref = cfg.get("reference_seeds")
     ref_seeds = the_seeds[:int(n_ref)] if n_ref else list(the_seeds)
     references: dict[str, Any] = {}
     ref_runs: dict[str, dict] = {}
-    for name, node_cfg in refs_cfg.items():
-        system = reference_system(old, changed, node_cfg)
-        runs = executor.run(system, ref_seeds, store)
+    for name, system in study.references.items():
+        runs = study.runs(name, ref_seeds)
         ref_runs[name] = runs
         references[name] = {
             node: {"metric": system.specs[node].node.metric, "seeds": ref_seeds,
                    **_mean_sd([runs[s].metrics(node)[system.specs[node].node.metric] for s in ref_seeds])}
             for node in (changed, *DETECTORS)}
     report["references"] = references
-    report["store"] = {**report["store"], "hits": store.stats.hits, "misses": store.stats.misses}
+    report["store"] = {**study.store.stats.as_dict(), "root": str(study.store.root)}
 
     # depth error per distance bin: disparity loss (old), depth loss (new), references
-    stereo_metrics = {"disparity loss": [study.old_runs[s].metrics(changed) for s in the_seeds],
-                      "depth loss": [study.new_runs[s].metrics(changed) for s in the_seeds]}
+    old_runs, new_runs = study.runs("old"), study.runs("new")
+    stereo_metrics = {"disparity loss": [old_runs[s].metrics(changed) for s in the_seeds],
+                      "depth loss": [new_runs[s].metrics(changed) for s in the_seeds]}
     for name, runs in ref_runs.items():
         stereo_metrics[name] = [runs[s].metrics(changed) for s in ref_seeds]
     bins = depth_bins(stereo_metrics)
     report["object_depth_error"] = object_depth_errors(
-        {"disparity loss": study.old_runs, "depth loss": study.new_runs, **ref_runs}, stereo=changed)
+        {"disparity loss": old_runs, "depth loss": new_runs, **ref_runs}, stereo=changed)
     report["depth_by_distance"] = bins
     report["depth_loss_vs_disparity_loss"] = near_far_deltas(
         report, stereo_metrics["disparity loss"], stereo_metrics["depth loss"], bins["bins"])
 
-    # AP per class and difficulty, old vs new, with paired intervals
+    # AP per class and difficulty, old vs new, with paired intervals (a key some seed cannot
+    # score, e.g. no near object, is reported without a verdict)
     ap: dict[str, Any] = {}
     for det in DETECTORS:
         ap[det] = {}
         for key, label in AP_KEYS:
-            o = [study.old_runs[s].metrics(det).get(key, float("nan")) for s in the_seeds]
-            n = [study.new_runs[s].metrics(det).get(key, float("nan")) for s in the_seeds]
-            pd = paired_delta(o, n, higher_is_better=True)
-            ap[det][key] = {"label": label, "old": o, "new": n, "delta_mean": pd.mean,
-                            "delta_ci": list(pd.ci), "verdict": pd.verdict,
-                            "references": {r: float(np.nanmean([runs[s].metrics(det).get(key, np.nan)
-                                                                for s in ref_seeds]))
-                                           for r, runs in ref_runs.items()}}
+            o = [old_runs[s].metrics(det).get(key, float("nan")) for s in the_seeds]
+            n = [new_runs[s].metrics(det).get(key, float("nan")) for s in the_seeds]
+            row: dict[str, Any] = {"label": label, "old": o, "new": n,
+                                   "references": {r: float(np.nanmean([runs[s].metrics(det).get(key, np.nan)
+                                                                       for s in ref_seeds]))
+                                                  for r, runs in ref_runs.items()}}
+            if np.all(np.isfinite(o)) and np.all(np.isfinite(n)):
+                row.update(paired_delta(o, n, higher_is_better=True).as_dict())
+            else:
+                row.update({"delta_mean": float("nan"), "delta_ci": [float("nan")] * 2, "verdict": "undefined"})
+            ap[det][key] = row
     report["ap"] = ap
 
     out = output_dir(cfg)
-    report["figures"] = save_study_figures(study, out) + save_case_study_figures(report, out)
+    report["figures"] = save_study_figures(study, report, out) + save_case_study_figures(report, out)
     report["profile"] = str(cfg.profile)
     report["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
                          "cpus": __import__("os").cpu_count()}
     report["wall_time_s"] = round(time.perf_counter() - start, 1)
     results = results_markdown(report, cfg)
     (out / "RESULTS.md").write_text(results)
-    if block.get("write_results", False):
+    if cfg.get("write_results", False):
         target = Path(__file__).resolve().parents[2] / "experiments" / "fixes_that_fail" / "RESULTS.md"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(results)

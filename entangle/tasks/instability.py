@@ -1,6 +1,6 @@
 """The instability experiment: per-sample instability, version churn and what damps them.
 
-For the chosen pipeline and its analysis options (``conf/analysis/NAME.yaml``):
+For the chosen pipeline and its analysis options (``conf/analysis/NAME.yaml``, ``analysis``):
 
 1. an improvement study old → new (``analysis.change``) over the seeds, through the store;
 2. per model node of the old system: label entropy across seeds and across each run's last
@@ -10,7 +10,7 @@ For the chosen pipeline and its analysis options (``conf/analysis/NAME.yaml``):
    flips between retrainings, metric, cost, smoothing's share of the ensemble's reduction);
 5. on ``analysis.distill_node``: focal distillation from the old version (negative flips).
 
-Sizes come from ``instability`` (patched by the profile; the command line wins).
+Sizes come from ``instability``.
 """
 
 from __future__ import annotations
@@ -18,20 +18,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-from entangle.tasks import ConfigError, apply_profile, make_store, output_dir
-from entangle.tasks.stress import (_container, analysis_options, apply_analysis_profile, study_seeds,
-                                   with_profile)
+from entangle.study import ConfigError, Study, seeds_from_config
+from entangle.tasks import output_dir
+from entangle.tasks.stress import analysis_options, plain
 
 log = logging.getLogger(__name__)
-
-
-def _outcome_specs(opts: DictConfig) -> dict:
-    from entangle.analysis.stability import OutcomeSpec
-    raw = _container(opts.get("outcomes")) or {}
-    return {name: OutcomeSpec.from_config(spec, f"analysis.outcomes.{name}") for name, spec in raw.items()}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -40,76 +33,47 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from entangle.analysis.churn import version_churn
     from entangle.analysis.mitigation import (ensemble_version_flips, focal_distillation,
                                               mitigate_instability)
-    from entangle.analysis.stability import (OutcomeSpec, StabilityError, checkpoint_instability,
-                                             node_attributes, seed_instability, source_attributes)
-    from entangle.compare import compare
-    from entangle.tasks.study import build_systems
+    from entangle.analysis.stability import StabilityError, instability
+    from entangle.compare import improvement
 
-    cfg = apply_profile(cfg)
     opts = analysis_options(cfg)
-    cfg = apply_analysis_profile(cfg, opts)
-    inst = with_profile(cfg, "instability")
     if opts.get("change") is None:
         raise ConfigError("analysis.change is missing: the instability experiment reads version churn "
                           "of an improvement (change.node and change.set or change.replace)")
-    study_cfg = cfg.copy()
-    with open_dict(study_cfg):
-        study_cfg.change = opts.change
-    old, new, changed = build_systems(study_cfg)
-    run_seeds = study_seeds(cfg, minimum=2)
-    store = make_store(cfg)
-    specs = _outcome_specs(opts)
-    out = output_dir(cfg)
+    seeds_from_config(cfg, minimum=2)
+    inst = cfg.instability
+    study = Study.from_config(cfg)
     try:
-        study = compare(old, new, run_seeds, store, changed=changed)
-        attrs = source_attributes(study.old_runs[run_seeds[0]], old.eval_split, opts.get("attributes"))
-
-        nodes: dict[str, Any] = {}
-        entropies: dict[str, dict[str, np.ndarray]] = {}
-        for name in old.models():
-            spec = specs.get(name, OutcomeSpec())
-            seeds_inst = seed_instability(old, name, run_seeds, store, spec=spec,
-                                          attributes=node_attributes(attrs, name),
-                                          runs=study.old_runs, top=int(inst.get("top_attributes", 5)))
-            entry = dict(seeds_inst.report)
-            entropies[name] = {"across seeds": seeds_inst.entropy}
-            if "ckpt_pred" in old.specs[name].node.output_kinds:
-                ck = checkpoint_instability(old, name, run_seeds, store, spec=spec, runs=study.old_runs,
-                                            across_seeds=seeds_inst)
-                entry["checkpoints"] = ck["report"]
-                entropies[name]["across checkpoints"] = ck["entropy_per_seed"].ravel()  # pooled runs
-            nodes[name] = entry
-        churn = version_churn(study, specs=specs)
-
-        mitigation = None
+        compared = improvement(study)
+        unstable = instability(study, outcomes=plain(opts.get("outcomes")), attributes=opts.get("attributes"),
+                               top_attributes=int(inst.get("top_attributes", 5)))
+        churn = version_churn(study, outcomes=plain(opts.get("outcomes")))
+        mitigation = distill = None
         if opts.get("node") is not None:
-            mitigation = mitigate_instability(
-                old, str(opts.node), run_seeds, store, ensemble_size=int(inst.ensemble_size),
-                temperature=float(inst.temperature), checkpoints=int(inst.teacher_checkpoints),
-                runs=study.old_runs)
-        distill = None
+            mitigation = mitigate_instability(study, str(opts.node), ensemble_size=int(inst.ensemble_size),
+                                              temperature=float(inst.temperature),
+                                              checkpoints=int(inst.teacher_checkpoints))
         if opts.get("distill_node") is not None:
             d = inst.get("distill") or {}
             distill = focal_distillation(study, str(opts.distill_node), weight=float(d.get("weight", 1.0)),
                                          alpha=float(d.get("alpha", 1.0)), beta=float(d.get("beta", 5.0)),
                                          temperature=float(d.get("temperature", 1.0)))
-            if len(run_seeds) >= 2 * int(inst.ensemble_size):
+            if len(study.seeds) >= 2 * int(inst.ensemble_size):
                 distill["ensembles"] = ensemble_version_flips(study, str(opts.distill_node),
                                                               int(inst.ensemble_size))
     except StabilityError as err:
         raise ConfigError(f"instability: {err}") from err
 
-    figures = []
-    fig = plots.entropy_figure(entropies)
-    figures.append(plots._save(fig, out, "entropy.png"))
-    figures.append(plots._save(plots.churn_figure(churn), out, "churn.png"))
+    out = output_dir(cfg)
+    figures = [plots._save(plots.entropy_figure(unstable.pop("_entropies")), out, "entropy.png"),
+               plots._save(plots.churn_figure(churn), out, "churn.png")]
     report: dict[str, Any] = {
-        "seeds": run_seeds, "changed": changed, "split": old.eval_split,
+        "seeds": study.seeds, "changed": study.changed, "split": study.old.eval_split,
         "study": {n: {k: v for k, v in r.items() if k in ("metric", "old", "new", "delta_mean",
                                                            "delta_ci", "verdict")}
-                  for n, r in study.report["nodes"].items()},
-        "self_defeating": study.report["self_defeating"],
-        "instability": nodes, "churn": churn,
+                  for n, r in compared["nodes"].items()},
+        "self_defeating": compared["self_defeating"],
+        "instability": unstable["nodes"], "churn": churn,
     }
     if mitigation is not None:
         arrays = mitigation.pop("_arrays")
@@ -121,7 +85,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         report["distillation"] = distill
     if mitigation is not None:
         figures.append(plots._save(plots.mitigation_figure(mitigation, distill), out, "mitigation.png"))
-    report["store"] = {"hits": store.stats.hits, "misses": store.stats.misses}
+    report["store"] = study.store.stats.as_dict()
     report["figures"] = figures
     for line in summary_lines(report):
         log.info(line)

@@ -16,7 +16,8 @@ from omegaconf import DictConfig
 
 from entangle.data.kitti import KittiDataset, split_ids
 from entangle.data.world import WorldConfig, world_summary, write_world
-from entangle.tasks import ConfigError, output_dir, profile
+from entangle.study import ConfigError
+from entangle.tasks import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,9 @@ def world_config(cfg: DictConfig) -> WorldConfig:
 
 
 def run(cfg: DictConfig) -> dict:
-    """Generate ``data.n_scenes`` scenes (or the profile's) with ``seed`` into ``data.root``."""
-    sizes = profile(cfg)
+    """Generate ``data.n_scenes`` scenes (the profile's by default) with ``seed`` into ``data.root``."""
     wcfg = world_config(cfg)
-    n_scenes = cfg.data.get("n_scenes") or sizes.get("n_scenes")
+    n_scenes = cfg.data.get("n_scenes")
     if not n_scenes or int(n_scenes) < 1:
         raise ConfigError(f"data.n_scenes must be a positive int, got {n_scenes!r}")
     root = Path(str(cfg.data.root))
@@ -49,7 +49,7 @@ def run(cfg: DictConfig) -> dict:
               "seconds": round(elapsed, 3), "scenes_per_second": round(n_scenes / elapsed, 2),
               "splits": {s: len(split_ids(root, s)) for s in ("train", "val", "test")}}
     report.update(world_summary(summaries))
-    n_fig = int(sizes.get("figure_scenes", 4))
+    n_fig = int(cfg.get("figure_scenes", 4))
     if n_fig > 0:
         from entangle.data.preview import sample_grid
         ds = KittiDataset(root, split="all")

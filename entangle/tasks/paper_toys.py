@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from entangle.decompose import Estimators, decompose, decompose_change, interval
-from entangle.executor import Run
+from entangle.compare import improvement
+from entangle.decompose import Estimators, decompose, decompose_change
+from entangle.stats import interval
+from entangle.study import ConfigError, Study, executor_from_config, seeds_from_config, store_from_config
 from entangle.system import System
-from entangle.tasks import ConfigError, make_store, output_dir, profile, seeds
+from entangle.tasks import output_dir
 from entangle.tasks.toy_decomposition import stack_terms
 
 log = logging.getLogger(__name__)
@@ -38,7 +40,8 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any, where: str) -> None
 
 
 def knob_systems(exp: DictConfig, prof: DictConfig, where: str) -> tuple[list[Any], list[System], list[str]]:
-    """The knob values, one system per value, and the nodes the knob changes."""
+    """The knob values, one system per value, and the nodes the knob changes (``prof``:
+    ``knob_points`` keeps that many values, ``epochs`` shortens every network's training)."""
     knob = exp.get("knob")
     if knob is None or not knob.get("set") or not knob.get("values"):
         raise ConfigError(f"{where}.knob: needs `set` (node.field paths) and `values`")
@@ -68,8 +71,9 @@ def _error(metrics: dict[str, float], metric: str) -> float:
 
 
 def run_experiment(name: str, exp: DictConfig, prof: DictConfig, reference_cfg: Any, seeds_: list[int],
-                   store, confidence: float = 0.95) -> dict[str, Any]:
-    """One illustrative experiment: the sweep, the decompositions and the changes from the first value."""
+                   store, executor: Any = None, confidence: float = 0.95) -> dict[str, Any]:
+    """One illustrative experiment: the sweep, the decompositions and the changes from the first
+    value; every knob value is a study of the first value (old) against it (new)."""
     from hydra.utils import instantiate
 
     where = f"experiments.{name}"
@@ -80,31 +84,36 @@ def run_experiment(name: str, exp: DictConfig, prof: DictConfig, reference_cfg: 
     oracle = OmegaConf.to_container(exp.oracle, resolve=True) if exp.get("oracle") is not None else None
     est = Estimators(reference=instantiate(reference_cfg, _convert_="all"),
                      large_split=str(exp.get("large_split", "large")), oracle=oracle)
+    base = Study(systems[0].labelled(f"knob {values[0]}"), seeds=seeds_, store=store, executor=executor)
     up_err, down_err, decomps = [], [], []
     for value, system in zip(values, systems):
         log.info("%s: knob %s", name, value)
-        d = decompose(system, v, seeds_, store, estimators=est, confidence=confidence)
+        d = decompose(system, v, seeds_, store, estimators=est, confidence=confidence, fit=base.fit)
         decomps.append(d)
+        runs = base.fit(system.labelled(f"knob {value}"), seeds_)
         ups = {}
         for u in judged:
             node = system.specs[u].node
-            ups[u] = interval([_error(Run(system, s, store).metrics(u, judge_split), node.metric)
-                               for s in seeds_], confidence)
+            ups[u] = interval([_error(runs[s].metrics(u, judge_split), node.metric) for s in seeds_], confidence)
         up_err.append(ups)
         vnode = system.specs[v].node
-        down_err.append(interval([_error(Run(system, s, store).metrics(v), vnode.metric)
-                                  for s in seeds_], confidence))
+        down_err.append(interval([_error(runs[s].metrics(v), vnode.metric) for s in seeds_], confidence))
     changes = []
     for value, system in zip(values[1:], systems[1:]):
-        ch = decompose_change(systems[0], system, v, seeds_, store, changed=changed, estimators=est,
-                              confidence=confidence, judged=judged, judge_split=judge_split)
+        study = Study(systems[0].labelled(f"knob {values[0]}"), new=system.labelled(f"knob {value}"),
+                      changed=changed, seeds=seeds_, store=store, executor=executor)
+        compared = improvement(study, splits={u: judge_split for u in judged}, confidence=confidence)
+        ch = decompose_change(study.old, study.new, v, seeds_, store, changed=changed, estimators=est,
+                              confidence=confidence, fit=study.fit)
         rep = ch.report
+        flagged = any(f["downstream"] == v for f in compared["self_defeating"])
         changes.append({"knob": value, "deltas": rep["deltas"], "dominant": rep["dominant"],
                         "dominant_term": rep["dominant_term"], "sentence": rep["sentence"],
-                        "self_defeating": rep["self_defeating"],
-                        "upstream_verdicts": rep["upstream_verdicts"],
-                        "downstream_verdict": rep["downstream_verdict"]})
-        if rep["self_defeating"]:
+                        "self_defeating": flagged,
+                        "upstream_verdicts": {u: compared["nodes"][u]["verdict"] for u in judged
+                                              if u in compared["nodes"]},
+                        "downstream_verdict": compared["nodes"][v]["verdict"]})
+        if flagged:
             log.info("%s, knob %s -> %s: %s", name, values[0], value, rep["sentence"])
     vnode = systems[0].specs[v].node
     return {
@@ -170,9 +179,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Experiment entry point: every illustrative experiment, its figure and the report."""
     import matplotlib.pyplot as plt
 
-    prof = profile(cfg)
-    seeds_ = seeds(cfg, minimum=2)
-    store = make_store(cfg)
+    prof = cfg
+    seeds_ = seeds_from_config(cfg, minimum=2)
+    store, executor = store_from_config(cfg), executor_from_config(cfg)
     if cfg.get("reference") is None:
         raise ConfigError("paper_toys needs a `reference` learner config (conf/node/reference_mlp_classifier.yaml)")
     names = list(cfg.get("run_experiments") or cfg.experiments.keys())
@@ -182,8 +191,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if name not in cfg.experiments:
             raise ConfigError(f"run_experiments: no experiment {name!r} (experiments: {sorted(cfg.experiments)})")
         exp = cfg.experiments[name]
-        reference_cfg = OmegaConf.merge(exp.get("reference") or cfg.reference, prof.get("reference") or {})
-        result = run_experiment(name, exp, prof, reference_cfg, seeds_, store)
+        reference_cfg = exp.get("reference") or cfg.reference
+        result = run_experiment(name, exp, prof, reference_cfg, seeds_, store, executor)
         results.append(result)
         fig = sweep_figure(result)
         fig.savefig(Path(out) / f"paper_toys_{name}.png", dpi=110)

@@ -22,7 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from entangle.data.world import WorldConfig, render_scene, sample_scene, scene_rng
 from entangle.models.classical_stereo import fill_invalid, metrics_by_distance, stereo_metrics
-from entangle.tasks import ConfigError, output_dir, profile
+from entangle.study import ConfigError
+from entangle.tasks import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,6 @@ def _bins_figure(world: dict, path) -> None:
 
 def run(cfg: DictConfig) -> dict:
     """Run every stereo method on Middlebury and the world; write figures; return the report."""
-    sizes = profile(cfg)
     methods = stereo_methods(cfg)
     out = output_dir(cfg)
     mb_params = OmegaConf.to_container(cfg.get("middlebury", {}).get("params", {}) or {})
@@ -169,7 +169,7 @@ def run(cfg: DictConfig) -> dict:
     report["middlebury"] = middlebury
     _figure(shown, out / "stereo_middlebury.png", "Middlebury motorcycle (scikit-image)",
             float(np.nanmax(shown["gt"])))
-    n_world = int(sizes.get("world_scenes", 0))
+    n_world = int(cfg.get("world_scenes") or 0)
     if n_world > 0:
         wcfg = WorldConfig.from_dict(cfg.data.world) if cfg.get("data") else WorldConfig()
         world, shown = run_world(methods, w_params, wcfg, n_world, int(cfg.get("seed", 0)), bins)

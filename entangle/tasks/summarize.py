@@ -1,4 +1,8 @@
-"""Gather every job's ``report.json`` of a Hydra sweep into one table and figure, failures listed."""
+"""Gather every job's ``report.json`` of a Hydra sweep into one table and figure, failures listed.
+
+Jobs are labelled by the overrides that differ between them; those common to every job are
+stated once (in the table's header line, the figure's caption and ``common_overrides``).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from omegaconf import DictConfig
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from entangle.tasks import ConfigError, output_dir  # noqa: E402
+from entangle.report.format import split_overrides
+from entangle.report.sweep import save_summary_figure
+from entangle.tasks import ConfigError, output_dir
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,11 @@ def _overrides(job_dir: Path) -> list[str]:
 
 
 def collect(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder holding a report.json (or a .hydra folder without one: a crash)."""
+    """One row per job folder holding a report.json (or a .hydra folder without one: a crash).
+
+    Per compared node ``NODE``: ``NODE.delta``, ``NODE.ci`` (its 95% interval), ``NODE.verdict``,
+    ``NODE.metric`` and ``NODE.higher_is_better``.
+    """
     rows = []
     jobs = sorted({p.parent for p in sweep_dir.rglob("report.json")} |
                   {p.parent for p in sweep_dir.rglob(".hydra")}, key=lambda p: str(p))
@@ -51,7 +56,10 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
                 for name, node in (rep.get("nodes") or {}).items():
                     if "delta_mean" in node:
                         row[f"{name}.delta"] = node["delta_mean"]
+                        row[f"{name}.ci"] = node.get("delta_ci")
                         row[f"{name}.verdict"] = node["verdict"]
+                        row[f"{name}.metric"] = node.get("metric")
+                        row[f"{name}.higher_is_better"] = node.get("higher_is_better")
                 row["self_defeating"] = [f"{f['upstream']}->{f['downstream']}"
                                          for f in rep.get("self_defeating", [])]
         rows.append(row)
@@ -69,35 +77,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not rows:
         raise ConfigError(f"sweep_dir={sweep} holds no job folders with report.json")
     out = output_dir(cfg)
-    columns = sorted({k for r in rows for k in r if k.endswith(".delta")})
-    lines = ["| job | overrides | status | " + " | ".join(columns) + " | self-defeating |",
-             "|" + "---|" * (len(columns) + 4)]
-    for r in rows:
+    common, varying = split_overrides([r["overrides"] for r in rows])
+    columns = list(dict.fromkeys(k for r in rows for k in r if k.endswith(".delta")))
+    lines = [f"Overrides of every job: `{' '.join(common)}`", ""] if common else []
+    lines += ["| job | overrides | status | " + " | ".join(columns) + " | self-defeating |",
+              "|" + "---|" * (len(columns) + 4)]
+    for r, own in zip(rows, varying):
         cells = [f"{r[c]:+.4g} ({r.get(c[:-6] + '.verdict')})" if c in r else "" for c in columns]
-        lines.append(f"| {r['job']} | {' '.join(r['overrides'])} | {r['status']} | " + " | ".join(cells)
+        lines.append(f"| {r['job']} | {' '.join(own)} | {r['status']} | " + " | ".join(cells)
                      + f" | {', '.join(r.get('self_defeating', []))} |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
-    figures = []
-    ok = [r for r in rows if r["status"] == "ok" and columns]
-    if ok:
-        fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(ok) * len(columns) / 2), 3.5))
-        width = 0.8 / len(columns)
-        for i, c in enumerate(columns):
-            ax.bar(np.arange(len(ok)) + i * width, [r.get(c, np.nan) for r in ok], width, label=c[:-6])
-        ax.axhline(0, color="k", lw=0.8)
-        ax.set_xticks(np.arange(len(ok)) + 0.4 - width / 2,
-                      [" ".join(r["overrides"])[-40:] or r["job"] for r in ok], rotation=30, ha="right",
-                      fontsize=7)
-        ax.set_ylabel("paired delta (new − old)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(out / "summary.png", dpi=110)
-        plt.close(fig)
-        figures.append("summary.png")
+    figures = ["summary.png"] if save_summary_figure(rows, out / "summary.png") else []
     failures = [{"job": r["job"], "overrides": r["overrides"], "error": r.get("error")}
                 for r in rows if r["status"] != "ok"]
     for f in failures:
         log.warning("failed job %s (%s): %s", f["job"], " ".join(f["overrides"]), f["error"])
     log.info("%d jobs, %d failed; table in %s", len(rows), len(failures), out / "summary.md")
-    return {"sweep_dir": str(sweep), "jobs": rows, "failures": failures, "figures": figures,
-            "table": "summary.md"}
+    return {"sweep_dir": str(sweep), "common_overrides": common, "jobs": rows, "failures": failures,
+            "figures": figures, "table": "summary.md"}

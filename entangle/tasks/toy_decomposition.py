@@ -16,12 +16,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from entangle.compare import compare
+from entangle.compare import attach_explanations, improvement
 from entangle.data.toy_systems import closed_form_values
-from entangle.decompose import Estimators, decompose_change, interval, terms_from_values
-from entangle.executor import Run
+from entangle.decompose import Estimators, decompose_change, terms_from_values
+from entangle.stats import interval
+from entangle.study import ConfigError, Study, executor_from_config, seeds_from_config, store_from_config
 from entangle.system import System
-from entangle.tasks import ConfigError, make_store, output_dir, profile, seeds
+from entangle.tasks import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,21 @@ def agrees(estimate: Mapping[str, Any], closed_form: float, rel: float = 0.1, fl
     return bool(inside or abs(estimate["mean"] - closed_form) <= max(rel * abs(closed_form), floor))
 
 
-def _closed_forms(system: System, seeds_: list[int], store, downstream: str, oracle: Mapping[str, str],
+def _closed_forms(study: Study, system: System, downstream: str, oracle: Mapping[str, str],
                   upstreams: Sequence[str]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Per-seed closed-form values (for each seed's fitted upstreams) and their bookkeeping."""
-    per_seed = [closed_form_values(Run(system, s, store), downstream, oracle=oracle, upstreams=upstreams)
-                for s in seeds_]
+    runs = study.fit(system, study.seeds)
+    per_seed = [closed_form_values(runs[s], downstream, oracle=oracle, upstreams=upstreams)
+                for s in study.seeds]
     keys = [k for k in per_seed[0] if k in VALUE_KEYS or k.startswith("L*(only ")]
     info = {"n": per_seed[0]["n"], "d": [v["d"] for v in per_seed], "exact": per_seed[0]["exact"]}
     return {k: np.array([v[k] for v in per_seed], dtype=np.float64) for k in keys}, info
 
 
-def run_toy(name: str, toy: DictConfig, prof: DictConfig, reference_cfg: Any, seeds_: list[int],
-            store, confidence: float = 0.95) -> dict[str, Any]:
-    """One toy: the study with the decomposition attached, and every term against its closed form."""
+def run_toy(name: str, toy: DictConfig, reference_cfg: Any, seeds_: list[int], store, executor: Any = None,
+            confidence: float = 0.95) -> dict[str, Any]:
+    """One toy: the improvement study, the decomposition of its downstream's change (every fit
+    through the toy's study), and every term against its closed form."""
     from hydra.utils import instantiate
 
     where = f"toys.{name}"
@@ -71,9 +74,6 @@ def run_toy(name: str, toy: DictConfig, prof: DictConfig, reference_cfg: Any, se
         if toy.get(key) is None:
             raise ConfigError(f"{where}: missing field {key!r}")
     pipe = OmegaConf.to_container(toy.pipeline, resolve=True)
-    if prof.get("sizes") is not None:
-        source = toy.get("source", "data")
-        pipe["nodes"][source]["sizes"].update(OmegaConf.to_container(prof.sizes, resolve=True))
     old = System.from_config(pipe, where=f"pipeline for {where}")
     changes = OmegaConf.to_container(toy.changes, resolve=True)
     new = apply_changes(pipe, changes, where)
@@ -82,16 +82,16 @@ def run_toy(name: str, toy: DictConfig, prof: DictConfig, reference_cfg: Any, se
     oracle = OmegaConf.to_container(toy.oracle, resolve=True) if toy.get("oracle") is not None else {}
     est = Estimators(reference=instantiate(reference_cfg, _convert_="all"),
                      large_split=str(toy.get("large_split", "large")), oracle=oracle)
-    # the study flags the pair and attaches the decomposition; the explicit call below is then
-    # served entirely from the store (and covers the toys whose change is not flagged)
-    study = compare(old, new, seeds_, store, changed=changed[0], confidence=confidence,
-                    decomposition={v: est})
-    change = decompose_change(old, new, v, seeds_, store, changed=changed, estimators=est,
-                              confidence=confidence)
+    study = Study(old, new=new, changed=changed, seeds=seeds_, store=store, executor=executor)
+    compared = improvement(study, confidence=confidence)
+    # decomposed whether flagged or not: every toy's terms are checked against their closed forms
+    change = decompose_change(study.old, study.new, v, seeds_, store, changed=changed, estimators=est,
+                              confidence=confidence, fit=study.fit)
+    attach_explanations(compared, {v: change.report})
     ups = change.old.upstreams
     cf, info = {}, {}
-    for side, system in (("old", old), ("new", new)):
-        cf[side], info[side] = _closed_forms(system, seeds_, store, v, oracle, ups)
+    for side, system in (("old", study.old), ("new", study.new)):
+        cf[side], info[side] = _closed_forms(study, system, v, oracle, ups)
     cf_terms = {k: terms_from_values(cf[k]) for k in cf}
     est_values = {"old": change.old.values, "new": change.new.values}
     est_terms = {"old": change.old.terms, "new": change.new.terms}
@@ -101,7 +101,7 @@ def run_toy(name: str, toy: DictConfig, prof: DictConfig, reference_cfg: Any, se
     if len(changed) > 1:
         for u in changed:
             mixed = old.replace(u, new.specs[u])
-            swapped = _closed_forms(mixed, seeds_, store, v, oracle, ups)[0]["L*(u)"]
+            swapped = _closed_forms(study, mixed, v, oracle, ups)[0]["L*(u)"]
             cf_deltas[f"upstream:{u}"] = swapped - cf["old"]["L*(u)"]
         cf_deltas["compatibility"] = cf_deltas["upstream"] - sum(cf_deltas[f"upstream:{u}"] for u in changed)
 
@@ -131,16 +131,16 @@ def run_toy(name: str, toy: DictConfig, prof: DictConfig, reference_cfg: Any, se
         "closed_form_info": info,
         "terms": terms,
         "values": values,
-        "self_defeating": bool(rep["self_defeating"]),
-        "study_flags": study.report["self_defeating"],
-        "study_verdicts": {n: r.get("verdict") for n, r in study.report["nodes"].items()},
+        "self_defeating": any(f["downstream"] == v for f in compared["self_defeating"]),
+        "study_flags": compared["self_defeating"],
+        "study_verdicts": {n: r.get("verdict") for n, r in compared["nodes"].items()},
         "dominant": rep["dominant"],
         "dominant_term": rep["dominant_term"],
         "dominant_correct": rep["dominant"] == str(toy.mechanism),
         "sentence": rep["sentence"],
         "all_agree": bool(all(checks)),
         "warnings": rep["old"]["warnings"] + rep["new"]["warnings"],
-        "store": {"study": study.report["store"], "decomposition_after_study": rep["store"]},
+        "store": {"decomposition": rep["store"]},
     }
 
 
@@ -223,19 +223,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Experiment entry point: all toys over the seeds, report, table and figure."""
     import matplotlib.pyplot as plt
 
-    prof = profile(cfg)
-    seeds_ = seeds(cfg, minimum=2)
-    store = make_store(cfg)
+    seeds_ = seeds_from_config(cfg, minimum=2)
+    store, executor = store_from_config(cfg), executor_from_config(cfg)
     if cfg.get("reference") is None:
         raise ConfigError("toy_decomposition needs a `reference` learner config (conf/node/reference_mlp.yaml)")
-    reference_cfg = OmegaConf.merge(cfg.reference, prof.get("reference") or {})
+    reference_cfg = cfg.reference
     names = list(cfg.get("run_toys") or cfg.toys.keys())
     toys = []
     for name in names:
         if name not in cfg.toys:
             raise ConfigError(f"run_toys: no toy {name!r} (toys: {sorted(cfg.toys)})")
         log.info("toy %r (%s)", name, cfg.toys[name].mechanism)
-        toys.append(run_toy(name, cfg.toys[name], prof, reference_cfg, seeds_, store))
+        toys.append(run_toy(name, cfg.toys[name], reference_cfg, seeds_, store, executor))
     out = output_dir(cfg)
     fig = terms_figure(toys)
     fig.savefig(Path(out) / "toy_decomposition.png", dpi=110)
