@@ -18,7 +18,7 @@ import numpy as np
 
 from entangle.node import BaseNode, NodeError, Ragged
 from entangle.store import CorruptEntryError, Store
-from entangle.system import System, node_seed, parse_ref, stores_predictions
+from entangle.system import System, node_seed, parse_ref, predict_splits, stores_predictions
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class Run:
         fit_s = time.perf_counter() - start
         arrays: dict[str, Any] = {}
         metrics: dict[str, dict[str, float]] = {}
-        for split in self.system.splits:
+        for split in predict_splits(self.system, name):
             preds = self._predict(node, name, split)
             for out, value in preds.items():
                 arrays[f"pred/{split}/{out}"] = value
@@ -287,6 +287,9 @@ class Run:
             return cached
         spec = self.system.specs[name]
         node = spec.node
+        if split not in predict_splits(self.system, name):
+            raise NodeError(f"{self.where(name, split)}: the node predicts only on splits "
+                            f"{list(predict_splits(self.system, name))} (its `splits`)")
         if node.is_source:
             vals = self._load(name, split)
         elif not stores_predictions(node):
@@ -323,7 +326,11 @@ class Run:
         """Stored metrics of a model node on ``split`` (the system's eval split by default)."""
         self.ensure(name)
         meta = self.store.meta(self.keys[name])
-        return meta["metrics"][split or self.system.eval_split]
+        split = split or self.system.eval_split
+        if split not in meta["metrics"]:
+            raise NodeError(f"{self.where(name, split)}: no metrics on this split (the node is scored on "
+                            f"{sorted(meta['metrics'])})")
+        return meta["metrics"][split]
 
     def losses(self, name: str, split: str | None = None) -> np.ndarray:
         """Stored per-sample losses of a model node on ``split``."""

@@ -273,9 +273,30 @@ def replaced_system(system: System, node: str, node_cfg: Mapping[str, Any], wher
         built = instantiate(cfg, _convert_="all")
     except Exception as err:
         raise StudyError(f"{where}: cannot build the node: {type(err).__name__}: {err}") from err
-    return system.replace(node, NodeSpec(built, inputs=dict(wiring.get("inputs", spec.inputs)),
-                                         targets=dict(wiring.get("targets", spec.targets)),
-                                         output=bool(wiring.get("output", spec.output)),
-                                         fit_split=str(wiring.get("fit_split", spec.fit_split)),
-                                         init=wiring.get("init", spec.init),
-                                         seed=wiring.get("seed", spec.seed)))
+    # a replacement that cannot start from another node's state (an oracle, a classical
+    # algorithm) does not inherit the replaced node's `init`
+    init = wiring.get("init", spec.init if callable(getattr(built, "init_from", None)) else None)
+    specs = dict(system.specs)
+    specs[node] = NodeSpec(built, inputs=dict(wiring.get("inputs", spec.inputs)),
+                           targets=dict(wiring.get("targets", spec.targets)),
+                           output=bool(wiring.get("output", spec.output)),
+                           fit_split=str(wiring.get("fit_split", spec.fit_split)),
+                           init=init, seed=wiring.get("seed", spec.seed),
+                           splits=wiring.get("splits", spec.splits))
+    # ... and the node it started from goes too when nothing else reads it (a pretraining that
+    # only the replaced node fine-tuned from would be fitted for nothing)
+    if spec.init and init != spec.init and not _read_elsewhere(specs, spec.init):
+        del specs[spec.init]
+    return System(specs, splits=system.splits, eval_split=system.eval_split, where=system.where,
+                  label=system.label)
+
+
+def _read_elsewhere(specs: Mapping[str, NodeSpec], name: str) -> bool:
+    """Whether any node reads ``name``'s outputs or starts from it, or it is a system output."""
+    if specs[name].output:
+        return True
+    for other, s in specs.items():
+        refs = [*s.inputs.values(), *s.targets.values()]
+        if other != name and (s.init == name or any(str(r).split(".")[0] == name for r in refs)):
+            return True
+    return False

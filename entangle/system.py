@@ -29,7 +29,7 @@ from entangle.node import ANY, BaseNode, FunctionNode
 log = logging.getLogger(__name__)
 
 #: keys of a node's config that describe wiring, not the node itself.
-WIRING_KEYS = ("inputs", "targets", "output", "fit_split", "init", "seed")
+WIRING_KEYS = ("inputs", "targets", "output", "fit_split", "init", "seed", "splits")
 
 
 class SystemError_(ValueError):
@@ -61,6 +61,9 @@ class NodeSpec:
         model): the executor calls ``node.init_from(fitted_other)`` before ``fit``.
     seed : a fixed seed for this node whatever the study's seed, so one fit (a pretraining, a
         shared teacher) serves every seed of a study; None follows the study's seed.
+    splits : the splits the node predicts on (and is scored on) after fitting; None: every split
+        of the system. Only for a node no other node reads (a pretraining that others start
+        from with ``init``, evaluated on its own test split): predicting elsewhere is wasted work.
     """
 
     node: BaseNode
@@ -70,6 +73,7 @@ class NodeSpec:
     fit_split: str = "train"
     init: str | None = None
     seed: int | None = None
+    splits: tuple[str, ...] | None = None
 
 
 def parse_ref(ref: str) -> tuple[str, str]:
@@ -90,6 +94,12 @@ def stores_predictions(node: BaseNode) -> bool:
 def uses_seed(node: BaseNode) -> bool:
     """Whether the node's results depend on the study seed (plain functions do not)."""
     return getattr(node, "uses_seed", not isinstance(node, FunctionNode))
+
+
+def predict_splits(system: "System", name: str) -> tuple[str, ...]:
+    """The splits node ``name`` predicts on: its own ``splits``, else every split of the system."""
+    spec = system.specs[name]
+    return tuple(spec.splits) if spec.splits is not None else tuple(system.splits)
 
 
 def node_seed(spec: NodeSpec, seed: int) -> int | None:
@@ -187,6 +197,16 @@ class System:
                         continue
                     problems.append(f"node {name!r}, field '{field_name}.{arg}': required "
                                     f"{field_name[:-1]} is not wired")
+        read = {u for u, v in g.edges if any(f != "init" for f, _, _ in g.edges[u, v].get("refs", []))}
+        for name, spec in self.specs.items():
+            if spec.splits is not None:
+                unknown = [x for x in spec.splits if x not in self.splits]
+                if unknown or not spec.splits:
+                    problems.append(f"node {name!r}, field 'splits': {list(spec.splits)} must be a non-empty "
+                                    f"subset of the system's splits {list(self.splits)}")
+                if name in read:
+                    problems.append(f"node {name!r}, field 'splits': other nodes read its outputs, so it "
+                                    "must predict on every split (splits: null)")
         for name, spec in self.specs.items():
             if spec.seed is not None and (isinstance(spec.seed, bool) or not isinstance(spec.seed, int)
                                           or spec.seed < 0):
@@ -267,7 +287,8 @@ class System:
                                    output=bool(wiring.get("output", False)),
                                    fit_split=str(wiring.get("fit_split", "train")),
                                    init=None if wiring.get("init") is None else str(wiring["init"]),
-                                   seed=wiring.get("seed"))
+                                   seed=wiring.get("seed"),
+                                   splits=None if wiring.get("splits") is None else tuple(wiring["splits"]))
         unknown = set(cfg) - {"nodes", "splits", "eval_split", "name", "defaults"}
         for k in sorted(unknown):
             problems.append(f"pipeline field {k!r} is not known (expected nodes, splits, eval_split)")
@@ -363,7 +384,7 @@ class System:
                 payload["targets"] = {arg: [keys[parse_ref(r)[0]], parse_ref(r)[1]]
                                       for arg, r in sorted(spec.targets.items())}
                 payload["fit_split"] = spec.fit_split
-                payload["splits"] = list(self.splits)
+                payload["splits"] = list(predict_splits(self, name))
             keys[name] = key_of(payload)
         return keys
 

@@ -187,3 +187,119 @@ def test_predict_with_overrides_reuses_fitted_nodes(store):
     assert noisy["up"]["metrics"]["mse"] > 2 * run.metrics("up")["mse"]
     assert set(noisy) == {"up", "down"}
     assert store.stats.misses == misses  # nothing retrained
+
+
+# -- fine-tuning from another node, and a node shared by every seed ------------------------------
+
+class WarmRidge(BaseNode):
+    """Ridge regression pulled towards a starting weight vector (another node's fitted one)."""
+
+    input_kinds = {"x": "array"}
+    target_kinds = {"y": "array"}
+    output_kinds = {"pred": "array"}
+    metric = "mse"
+
+    def __init__(self, *, alpha: float = 1.0):
+        self.alpha = alpha
+
+    def init_from(self, other: "WarmRidge") -> None:
+        self.start_ = np.asarray(other.w_, dtype=np.float64)
+
+    def fit(self, inputs, targets, *, seed):
+        x, y = np.asarray(inputs["x"], float), np.asarray(targets["y"], float)
+        start = getattr(self, "start_", np.zeros(x.shape[1]))
+        # argmin |xw - y|^2 + alpha |w - start|^2
+        self.w_ = np.linalg.solve(x.T @ x + self.alpha * np.eye(x.shape[1]), x.T @ y + self.alpha * start)
+        self.seed_ = seed
+        return self
+
+    def predict(self, inputs):
+        return {"pred": np.asarray(inputs["x"], float) @ self.w_}
+
+    def loss(self, predictions, targets):
+        return (predictions["pred"] - np.asarray(targets["y"], float)) ** 2
+
+    def score(self, predictions, targets):
+        return {"mse": float(np.mean(self.loss(predictions, targets)))}
+
+    def state_dict(self):
+        return {"w_": self.w_, "seed_": np.asarray(self.seed_)}
+
+    def load_state_dict(self, state):
+        self.w_, self.seed_ = np.asarray(state["w_"]), int(state["seed_"])
+        return self
+
+
+def pretrain_system(**tune) -> System:
+    from entangle.data.toys import GaussianSource
+    return System({
+        "data": GaussianSource(weights={"y": [1.0, 2.0]}, noise={"y": 0.1},
+                               sizes={"train": 30, "test": 20}, data_seed=0),   # the same data per seed
+        "pre": NodeSpec(WarmRidge(alpha=0.1), inputs={"x": "data.x"}, targets={"y": "data.y"}, seed=0,
+                        output=True),
+        "tuned": NodeSpec(WarmRidge(alpha=1e6), inputs={"x": "data.x"}, targets={"y": "data.y"},
+                          init="pre", output=True, **tune),
+    })
+
+
+def test_init_fine_tunes_from_another_nodes_fitted_state_and_a_fixed_seed_fits_once(store):
+    from entangle.executor import LocalExecutor
+    system = pretrain_system()
+    keys = [system.keys(s) for s in (0, 1, 2)]
+    assert len({k["pre"] for k in keys}) == 1           # one pretraining for every seed
+    assert len({k["tuned"] for k in keys}) == 3
+    assert system.graph.has_edge("pre", "tuned")
+    runs = LocalExecutor().run(system, [0, 1, 2], store)
+    assert store.stats.misses == 1 + 3 and store.stats.hits == 2
+    for s in (0, 1, 2):
+        pre, tuned = runs[s].fitted("pre"), runs[s].fitted("tuned")
+        assert pre.seed_ == 0 and tuned.seed_ == s
+        # a huge pull towards the start: the fine-tuned weights stay at the pretrained ones
+        np.testing.assert_allclose(tuned.w_, pre.w_, atol=1e-3)
+    # the pretrained node's key is part of the fine-tuned one: another pretraining, another key
+    other = pretrain_system().replace("pre", NodeSpec(WarmRidge(alpha=5.0), inputs={"x": "data.x"},
+                                                      targets={"y": "data.y"}, seed=0, output=True))
+    assert other.keys(0)["tuned"] != keys[0]["tuned"]
+
+
+def test_init_and_seed_are_validated():
+    from entangle.data.toys import GaussianSource
+    from entangle.system import InvalidSystemError
+    data = GaussianSource(weights={"y": [1.0, 2.0]})
+    with pytest.raises(InvalidSystemError) as info:
+        System({"data": data,
+                "a": NodeSpec(WarmRidge(), inputs={"x": "data.x"}, targets={"y": "data.y"}, init="nope",
+                              output=True),
+                "b": NodeSpec(Ridgeish(), inputs={"x": "data.x"}, targets={"y": "data.y"}, init="a",
+                              output=True),
+                "c": NodeSpec(WarmRidge(), inputs={"x": "data.x"}, targets={"y": "data.y"}, init="data",
+                              seed=-3, output=True)})
+    text = str(info.value)
+    assert "node 'a', field 'init': names no node 'nope'" in text
+    assert "node 'b', field 'init': Ridgeish cannot start from another node's state" in text
+    assert "node 'c', field 'init': 'data' is not a fitted model" in text
+    assert "node 'c', field 'seed': a fixed seed must be an int >= 0, got -3" in text
+
+
+class Ridgeish(WarmRidge):
+    """The same model without a warm start."""
+
+    init_from = None   # type: ignore[assignment]
+
+
+def test_a_node_may_predict_on_some_splits_only_when_nobody_reads_it(store):
+    from entangle.executor import LocalExecutor
+    from entangle.node import NodeError
+    system = pretrain_system().with_spec("pre", splits=("test",))
+    runs = LocalExecutor().run(system, [0], store)
+    meta = store.meta(runs[0].keys["pre"])
+    assert sorted(meta["metrics"]) == ["test"] and not any(a.startswith("pred/train") for a in meta["arrays"])
+    assert runs[0].fitted("tuned").w_.shape == (2,)          # the fine-tuning still starts from it
+    with pytest.raises(NodeError, match=r"predicts only on splits \['test'\]"):
+        runs[0].values("pre", "train")
+    assert system.keys(0)["pre"] != pretrain_system().keys(0)["pre"]
+    from entangle.data.toys import GaussianSource
+    with pytest.raises(InvalidSystemError, match="other nodes read its outputs"):
+        System({"data": GaussianSource(weights={"y": [1.0, 2.0]}),
+                "a": NodeSpec(WarmRidge(), inputs={"x": "data.x"}, targets={"y": "data.y"}, splits=("test",)),
+                "b": NodeSpec(WarmRidge(), inputs={"x": "a.pred"}, targets={"y": "data.y"}, output=True)})
