@@ -8,7 +8,10 @@ SGBM/BM, and prints depth and disparity errors per ground-truth distance bin, wi
 depth-minus-disparity difference per seed::
 
     python experiments/bench_stereo.py throughput --threads 1 2
-    python experiments/bench_stereo.py world --train 490 --eval 105 --epochs 4 --seeds 0 1 2
+    python experiments/bench_stereo.py world --train 150 --eval 500 --epochs 4 --seeds 0 1 2
+
+``world`` trains from scratch; ``experiments/stereo_gate.py`` fine-tunes from the pretrained
+checkpoint and scores per object (the case study's gate).
 
 The world is rendered on first use under ``datasets/generated/`` (or read from ``--root``).
 Numbers are printed, never asserted: timings depend on the machine and its load.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 
@@ -37,39 +41,43 @@ from entangle.models.stereo_net import StereoNetConfig, stacked_smooth_l1
 
 
 def throughput(threads: list[int], sizes: list[tuple[int, int]], batch: int, max_disp: int,
-               steps: int) -> None:
-    """Print training and inference images/s of the network per thread count and image size."""
-    print(f"StereoNet throughput (batch {batch}, max_disp {max_disp}, median of {steps} steps)")
-    print(f"{'threads':>7} {'size':>9} {'train s/step':>12} {'train img/s':>11} {'infer img/s':>11}")
+               steps: int, disp_steps: list[int], refine: list[int]) -> None:
+    """Print training and inference images/s of the network per variant, thread count and size."""
+    print(f"StereoNet throughput (batch {batch}, max_disp {max_disp}, median of {steps} steps; "
+          f"load average {os.getloadavg()[0]:.2f})")
+    print(f"{'threads':>7} {'step':>4} {'refine':>6} {'size':>9} {'train s/step':>12} "
+          f"{'train img/s':>11} {'infer img/s':>11}")
     for t in threads:
         torch.set_num_threads(t)
-        for h, w in sizes:
-            torch.manual_seed(0)
-            net = Net(StereoNetConfig(max_disp=max_disp))
-            opt = torch.optim.Adam(net.parameters(), lr=1e-3)
-            left, right = torch.randn(batch, 3, h, w), torch.randn(batch, 3, h, w)
-            target = torch.rand(batch, h, w) * (max_disp - 1)
-            mask = torch.ones(batch, h, w, dtype=torch.bool)
-            times = []
-            for i in range(steps + 1):                   # the first step warms up oneDNN
-                start = time.perf_counter()
-                opt.zero_grad()
-                loss = stacked_smooth_l1(net(left, right), target, mask)
-                loss.backward()
-                opt.step()
-                if i:
-                    times.append(time.perf_counter() - start)
-            step = statistics.median(times)
-            net.eval()
-            infer = []
-            with torch.no_grad():
-                for i in range(steps + 1):
-                    start = time.perf_counter()
-                    net(left, right)
-                    if i:
-                        infer.append(time.perf_counter() - start)
-            print(f"{t:>7} {h:>4}x{w:<4} {step:>12.3f} {batch / step:>11.1f} "
-                  f"{batch / statistics.median(infer):>11.1f}")
+        for disp_step in disp_steps:
+            for ref in refine:
+                for h, w in sizes:
+                    torch.manual_seed(0)
+                    net = Net(StereoNetConfig(max_disp=max_disp, disp_step=disp_step, refine=bool(ref)))
+                    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+                    left, right = torch.randn(batch, 3, h, w), torch.randn(batch, 3, h, w)
+                    target = torch.rand(batch, h, w) * (max_disp - 1)
+                    mask = torch.ones(batch, h, w, dtype=torch.bool)
+                    times = []
+                    for i in range(steps + 1):                   # the first step warms up oneDNN
+                        start = time.perf_counter()
+                        opt.zero_grad()
+                        loss = stacked_smooth_l1(net(left, right), target, mask)
+                        loss.backward()
+                        opt.step()
+                        if i:
+                            times.append(time.perf_counter() - start)
+                    step = statistics.median(times)
+                    net.eval()
+                    infer = []
+                    with torch.no_grad():
+                        for i in range(steps + 1):
+                            start = time.perf_counter()
+                            net(left, right)
+                            if i:
+                                infer.append(time.perf_counter() - start)
+                    print(f"{t:>7} {disp_step:>4} {ref:>6} {h:>4}x{w:<4} {step:>12.3f} "
+                          f"{batch / step:>11.1f} {batch / statistics.median(infer):>11.1f}", flush=True)
 
 
 BINS = ("0-10", "10-20", "20-30", "30-40", "40-80", "near", "far")
@@ -149,29 +157,33 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     tp = sub.add_parser("throughput", help="training/inference images per second")
     tp.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    tp.add_argument("--sizes", nargs="+", default=["128x416", "64x208"])
+    tp.add_argument("--sizes", nargs="+", default=["192x624", "96x320"])
     tp.add_argument("--batch", type=int, default=4)
-    tp.add_argument("--max-disp", type=int, default=48)
+    tp.add_argument("--max-disp", type=int, default=64)
     tp.add_argument("--steps", type=int, default=5)
+    tp.add_argument("--disp-steps", type=int, nargs="+", default=[4, 2],
+                    help="disparity spacing of the cost volume (px)")
+    tp.add_argument("--refine", type=int, nargs="+", default=[0, 1], help="0: without, 1: with refinement")
     wp = sub.add_parser("world", help="disparity vs depth loss on the synthetic world")
     wp.add_argument("--root", default=None, help="a KITTI-layout folder (default: render the world)")
-    wp.add_argument("--scenes", type=int, default=700, help="scenes to render (70%% train)")
+    wp.add_argument("--scenes", type=int, default=1200, help="scenes to render (45%% train, 45%% test)")
     wp.add_argument("--world-seed", type=int, default=0)
     wp.add_argument("--split", default="test")
-    wp.add_argument("--train", type=int, default=490)
-    wp.add_argument("--eval", type=int, default=105)
+    wp.add_argument("--train", type=int, default=150)
+    wp.add_argument("--eval", type=int, default=500)
     wp.add_argument("--epochs", type=int, default=4)
-    wp.add_argument("--crop", default="64x208", help="HxW training crops, or none")
+    wp.add_argument("--crop", default="96x320", help="HxW training crops, or none")
     wp.add_argument("--batch-size", type=int, default=4)
     wp.add_argument("--lr", type=float, default=3e-3)
-    wp.add_argument("--max-disp", type=int, default=48)
+    wp.add_argument("--max-disp", type=int, default=64)
     wp.add_argument("--seeds", type=int, nargs="+", default=[0])
     wp.add_argument("--threads", type=int, nargs=1, default=[2])
     wp.add_argument("--out", default=None, help="write all numbers as JSON here")
     args = parser.parse_args()
     if args.command == "throughput":
         sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
-        throughput(args.threads, sizes, args.batch, args.max_disp, args.steps)
+        throughput(args.threads, sizes, args.batch, args.max_disp, args.steps, args.disp_steps,
+                   args.refine)
     else:
         world(args)
 

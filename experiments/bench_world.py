@@ -1,10 +1,10 @@
 """Benchmark: how fast the synthetic world renders and writes, in scenes per second.
 
-    python experiments/bench_world.py [--scenes 200] [--workers 2] [--height 128 --width 416]
+    python experiments/bench_world.py [--scenes 200] [--workers 2] [--height 192 --width 624]
 
 Prints the time of each stage for one process (sampling, rendering, writing the KITTI files)
-and the end-to-end throughput of ``generate`` with the given workers. The issue's target is
-20 scenes/s on 2 cores at 128x416, so that 5,000 scenes take about four minutes.
+and the end-to-end throughput of ``generate`` with the given workers. The image size defaults
+to the world's (``WorldConfig().camera``); other sizes keep its geometry scaled to the width.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--width", type=int, default=416)
+    parser.add_argument("--height", type=int, default=None, help="default: the world's")
+    parser.add_argument("--width", type=int, default=None, help="default: the world's")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     cfg = WorldConfig()
+    args.height = args.height or cfg.camera.height
+    args.width = args.width or cfg.camera.width
     cfg = dataclasses.replace(cfg, camera=dataclasses.replace(cfg.camera, height=args.height,
                                                               width=args.width))
     print(f"cores visible: {os.cpu_count()}, load average: {os.getloadavg()[0]:.2f}")

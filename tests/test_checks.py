@@ -57,7 +57,7 @@ def test_each_problem_is_reported_once_with_file_line_and_field(damaged, samples
     # counts come from the good frame only
     expected: dict[str, dict[str, int]] = {}
     for o in samples[5].objects:
-        level = difficulty(o, 128)
+        level = difficulty(o, samples[5].left.shape[0])
         name = ("easy", "moderate", "hard")[level] if level >= 0 else "none"
         expected.setdefault(o.type, {"easy": 0, "moderate": 0, "hard": 0, "none": 0})[name] += 1
     assert report.counts == expected

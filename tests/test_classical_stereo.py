@@ -79,13 +79,13 @@ def test_matchers_recover_a_known_shift_and_mark_invalid_with_nan(matcher):
 
 def test_matchers_take_batches_and_calib_sets_the_search_range():
     calib = make_calib(WorldConfig().camera)
-    assert num_disparities_for(calib, min_depth=3.0) == 48  # f*B/3 = 43.5 px
+    assert num_disparities_for(calib, min_depth=3.0) == 80  # f*B/3 = 65.3 px
     left, right = _shifted_pair(5)
     batch = semi_global_matching(np.stack([left, left]), np.stack([right, right]), calib)
     single = semi_global_matching(left, right, calib)
     assert batch.shape == (2,) + left.shape[:2]
     np.testing.assert_array_equal(batch[1], single)
-    assert np.isnan(single[:, :48]).all() and not np.isnan(single[:, 48:]).all()
+    assert np.isnan(single[:, :80]).all() and not np.isnan(single[:, 80:]).all()
     with pytest.raises(ValueError, match="calib"):
         block_matching(left, right)
 

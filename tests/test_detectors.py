@@ -215,6 +215,9 @@ def test_empty_clouds_are_counted_and_bad_points_are_errors(data):
         node.predict({"points": Ragged.from_list(clouds, width=3), "calib": train["calib"][:4]})
     with pytest.raises(ValueError, match="principal point"):
         node.set_params(image_shape=(16, 16)).predict(_car_inputs(train))
+    # a stale size that still holds the principal point (another camera's) is refused too
+    with pytest.raises(ValueError, match="not near the centre"):
+        node.set_params(image_shape=(H * 3 // 2, W * 3 // 2)).predict(_car_inputs(train))
 
 
 def test_bev_grid_rasterises_heights():

@@ -209,7 +209,8 @@ def test_writer_and_reader_round_trip_exactly(world_root):
     assert ds.ids == ["000001", "000000"]
     back = ds[1]
     assert back == samples[0]  # images, calib, labels, disparity, depth, attributes, instances
-    assert back.left.dtype == np.uint8 and back.left.shape == (128, 416, 3)
+    cam = WorldConfig().camera
+    assert back.left.dtype == np.uint8 and back.left.shape == (cam.height, cam.width, 3)
     assert back.disparity.dtype == np.float32 and back.depth.dtype == np.float32
     assert [s.id for s in ds] == ["000001", "000000"]
 
@@ -276,7 +277,7 @@ def test_reader_rejects_right_image_of_another_size(world_root, tmp_path):
 
 def test_world_calib_is_kitti_like():
     calib = make_calib(WorldConfig().camera)
-    assert calib.f == pytest.approx(721.5377 * 416 / 1242)
+    assert calib.f == pytest.approx(721.5377 * WorldConfig().camera.width / 1242)
     assert calib.baseline == pytest.approx(0.54)
     # camera 2 sits 6 cm left of the reference camera, as in KITTI (P2[0, 3] > 0)
     assert calib.P2[0, 3] / calib.f == pytest.approx(0.06)

@@ -62,7 +62,7 @@ TINY = dict(max_disp=16, channels=8, groups=2, volume_channels=4, epochs=1, batc
 # -- the torch module ---------------------------------------------------------------------------
 
 def test_network_outputs_three_stacked_full_resolution_disparities_in_range():
-    net = Net(StereoNetConfig(max_disp=32, channels=8, groups=4, volume_channels=4)).eval()
+    net = Net(StereoNetConfig(max_disp=32, channels=8, groups=4, volume_channels=4, refine=False)).eval()
     with torch.no_grad():
         out = net(torch.randn(2, 3, 48, 80), torch.randn(2, 3, 48, 80))
     assert out.shape == (3, 2, 48, 80)
@@ -181,7 +181,8 @@ def test_training_on_random_dots_beats_a_constant_disparity_by_far():
     torch.set_num_threads(1)
     left, right, disp = random_dot_pairs(32, seed=0)
     tl, tr, tdisp = random_dot_pairs(8, seed=1)
-    node = StereoNet(objective="disparity", max_disp=48, epochs=8, lr=3e-3, batch_size=2)
+    node = StereoNet(objective="disparity", max_disp=48, disp_step=4, refine=False, epochs=8, lr=3e-3,
+                     batch_size=2)
     node.fit(stereo_inputs(left, right), {"disparity": disp}, seed=0)
     metrics = node.score(node.predict(stereo_inputs(tl, tr)), {"disparity": tdisp})
     constant = np.abs(tdisp - np.median(disp)).mean()        # the best constant (L1) predictor
@@ -257,3 +258,185 @@ def test_classical_stereo_node_wraps_opencv_matching(method):
     assert (raw["disparity"][:, :, :32] == 0).all() and (raw["depth"][:, :, :32] == 0).all()
     assert (preds["disparity"][:, :, :32] > 0).mean() > 0.8
     assert holes.score(raw, {"disparity": disp})["density"] < score["density"]
+
+
+# -- the disparity axis, the grid and the refinement --------------------------------------------
+
+def test_half_pixel_volume_correlates_with_linearly_interpolated_right_features():
+    """Candidate k of a 0.5-px volume: left at x against right at x - k/2 (linear between columns)."""
+    from entangle.models.stereo_net import group_correlation_volume
+    torch.manual_seed(0)
+    left, right = torch.randn(1, 4, 3, 12), torch.randn(1, 4, 3, 12)
+    volume = group_correlation_volume(left, right, 8, 2, step=0.5)        # (1, 2, 8, 3, 12)
+    assert volume.shape == (1, 2, 8, 3, 12)
+    lg, rg = left.view(1, 2, 2, 3, 12), right.view(1, 2, 2, 3, 12)
+    for k in range(8):
+        for x in range(k // 2 + 1, 12):
+            shifted = rg[..., x - k // 2] if k % 2 == 0 else 0.5 * (rg[..., x - k // 2] + rg[..., x - k // 2 - 1])
+            torch.testing.assert_close(volume[0, :, k, :, x], (lg[..., x] * shifted).mean(dim=2)[0])
+        assert (volume[0, :, k, :, :k // 2] == 0).all()                     # off the image: zero
+
+
+def test_soft_argmin_places_candidate_k_at_k_times_step_on_the_aligned_grid():
+    from entangle.models.stereo_net import soft_argmin, upsample_aligned
+    for step in (4, 2):
+        score = torch.full((1, 64 // step, 2, 3), -50.0)
+        score[0, 5] = 50.0                                  # all mass on candidate 5
+        d = soft_argmin(score, 64, step, (8, 12))
+        assert d.shape == (1, 8, 12)
+        assert torch.allclose(d, torch.full_like(d, 5.0 * step), atol=1e-3)
+    # feature column x is centred on image column 4x: a ramp over features is a ramp over pixels
+    ramp = torch.arange(5, dtype=torch.float32).view(1, 1, 5).expand(1, 2, 5)
+    up = upsample_aligned(ramp, (8, 20))
+    np.testing.assert_allclose(up[0, 0, :17].numpy(), np.arange(17) / 4.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(disp_step=3), dict(max_disp=32, disp_step=1, head_kernel=2),
+                                dict(refine_channels=0)])
+def test_config_rejects_bad_disparity_steps_heads_and_refinement(kw):
+    with pytest.raises(ValueError, match="StereoNetConfig"):
+        StereoNetConfig(**kw)
+
+
+def test_refinement_adds_a_fourth_full_resolution_output_weighted_one():
+    torch.manual_seed(0)
+    cfg = StereoNetConfig(max_disp=32, channels=8, groups=4, volume_channels=4, disp_step=2, refine=True)
+    net = Net(cfg).eval()
+    with torch.no_grad():
+        out = net(torch.randn(2, 3, 48, 80), torch.randn(2, 3, 48, 80))
+    assert cfg.num_outputs == 4 and out.shape == (4, 2, 48, 80)
+    assert torch.all(out[3] >= 0) and not torch.equal(out[3], out[2])
+    target, mask = torch.zeros(1, 2, 2), torch.ones(1, 2, 2, dtype=torch.bool)
+    outputs = torch.stack([torch.full((1, 2, 2), v) for v in (0.0, 0.0, 0.0, 0.5)])   # smooth-L1(.5) = .125
+    assert stacked_smooth_l1(outputs, target, mask).item() == pytest.approx(0.125)
+
+
+def test_refinement_trains_and_its_warp_reproduces_the_left_image():
+    from entangle.models.stereo_net import warp_right
+    left, right, disp = random_dot_pairs(1, h=32, w=64, seed=2, max_disp=12)
+    to = lambda a: torch.from_numpy(a).permute(0, 3, 1, 2).float()                     # noqa: E731
+    warped = warp_right(to(right), torch.from_numpy(disp))
+    inner = (slice(None), slice(None), slice(2, -2), slice(16, -2))
+    assert (warped - to(left))[inner].abs().mean() < 0.25 * (to(right) - to(left))[inner].abs().mean()
+    inputs, targets = stereo_inputs(*random_dot_pairs(6, h=32, w=64, seed=3, max_disp=12)[:2]), None
+    node = StereoNet(**dict(TINY, refine=True, disp_step=2))
+    preds = check_node(node, inputs, {"disparity": random_dot_pairs(6, h=32, w=64, seed=3, max_disp=12)[2]})
+    assert node.clone().fit(inputs, {"disparity": random_dot_pairs(6, h=32, w=64, seed=3, max_disp=12)[2]},
+                            seed=0).predict_stacked(inputs).shape == (4, 6, 32, 64)
+    assert preds["disparity"].shape == (6, 32, 64)
+
+
+def test_folding_batch_norm_keeps_the_function():
+    from entangle.models.stereo_net import fused_for_inference
+    torch.manual_seed(0)
+    net = Net(StereoNetConfig(max_disp=16, channels=8, volume_channels=4, refine=True))
+    with torch.no_grad():
+        net(torch.randn(2, 3, 32, 64), torch.randn(2, 3, 32, 64))      # batch statistics move
+        net.eval()
+        l, r = torch.randn(1, 3, 32, 64), torch.randn(1, 3, 32, 64)
+        torch.testing.assert_close(fused_for_inference(net)(l, r), net(l, r), atol=1e-4, rtol=1e-4)
+
+
+# -- warm starts and checkpoints ----------------------------------------------------------------
+
+def test_warm_start_reproduces_the_source_before_any_step(tiny):
+    inputs, targets = tiny
+    source = StereoNet(**TINY).fit(inputs, targets, seed=0)
+    expected = source.predict(inputs)["disparity"]
+    still = StereoNet(**dict(TINY, epochs=0))
+    still.init_from(source)
+    assert still.fit(inputs, targets, seed=5) is still
+    np.testing.assert_array_equal(still.predict(inputs)["disparity"], expected)
+    frozen = StereoNet(**dict(TINY, lr=0.0))
+    frozen.init_from(source)
+    frozen.fit(inputs, targets, seed=5)
+    # lr 0 leaves every weight as the source's (batch norm's running statistics follow the data)
+    for (k, a), b in zip(source.module_.named_parameters(), frozen.module_.parameters()):
+        torch.testing.assert_close(a, b, msg=k)
+    # a random init is not the source: the warm start is what made them equal
+    assert not np.array_equal(StereoNet(**dict(TINY, epochs=0)).fit(inputs, targets, seed=0)
+                              .predict(inputs)["disparity"], expected)
+
+
+def test_warm_start_refuses_another_network_naming_both_configs(tiny):
+    inputs, targets = tiny
+    source = StereoNet(**TINY).fit(inputs, targets, seed=0)
+    other = StereoNet(**dict(TINY, disp_step=4))
+    with pytest.raises(ValueError, match=r"disp_step=4.*disp_step=2"):
+        other.init_from(source)
+    with pytest.raises(NotFittedError):
+        StereoNet(**TINY).init_from(StereoNet(**TINY))
+    with pytest.raises(ValueError, match="StereoCheckpoint"):
+        StereoNet(**TINY).init_from(OracleStereo())
+
+
+def test_checkpoint_behaves_like_its_network_and_refuses_another_digest(tiny, tmp_path):
+    from entangle.models.stereo import StereoCheckpoint, file_sha256, save_checkpoint
+    inputs, targets = tiny
+    source = StereoNet(**TINY).fit(inputs, targets, seed=0)
+    path = tmp_path / "net.pt"
+    digest = save_checkpoint(source, path, note="test")
+    assert digest == file_sha256(path) and len(digest) == 64
+    node = StereoCheckpoint(path=str(path), sha256=digest)
+    preds = check_node(node, inputs, targets)
+    np.testing.assert_array_equal(preds["disparity"], source.predict(inputs)["disparity"])
+    loaded = node.clone().fit({}, {}, seed=0)
+    assert loaded.meta_ == {"note": "test"} and loaded.network_config() == source.network_config()
+    tuned = StereoNet(**dict(TINY, epochs=0))
+    tuned.init_from(loaded)
+    np.testing.assert_array_equal(tuned.fit(inputs, targets, seed=1).predict(inputs)["disparity"],
+                                  preds["disparity"])
+    with pytest.raises(ValueError, match=rf"{path.name}.*SHA-256 {digest}.*not the expected 00"):
+        StereoCheckpoint(path=str(path), sha256="00" * 32).fit({}, {}, seed=0)
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        StereoCheckpoint(path=str(tmp_path / "missing.pt"), sha256=digest).fit({}, {}, seed=0)
+
+
+def test_pretraining_then_fine_tuning_beats_training_from_scratch():
+    """The paper's schedule in miniature: many random-dot pairs, then a few steps on a few pairs."""
+    torch.set_num_threads(1)
+    kw = dict(max_disp=32, channels=8, groups=4, volume_channels=4, disp_step=4, refine=False,
+              batch_size=4, lr=3e-3)
+    many = random_dot_pairs(48, h=32, w=64, seed=10, max_disp=24)
+    few = random_dot_pairs(4, h=32, w=64, seed=11, max_disp=24)
+    test = random_dot_pairs(8, h=32, w=64, seed=12, max_disp=24)
+    pre = StereoNet(**kw, epochs=4).fit(stereo_inputs(*many[:2]), {"disparity": many[2]}, seed=0)
+    tuned = StereoNet(**kw, epochs=2)
+    tuned.init_from(pre)
+    tuned.fit(stereo_inputs(*few[:2]), {"disparity": few[2]}, seed=0)
+    scratch = StereoNet(**kw, epochs=2).fit(stereo_inputs(*few[:2]), {"disparity": few[2]}, seed=0)
+    epe = {name: node.score(node.predict(stereo_inputs(*test[:2])), {"disparity": test[2]})["epe"]
+           for name, node in (("tuned", tuned), ("scratch", scratch))}
+    assert epe["tuned"] < 0.85 * epe["scratch"], epe
+
+
+def test_prediction_computes_only_the_last_output_and_it_is_the_stack_s_last(tiny):
+    inputs, targets = tiny
+    node = StereoNet(**dict(TINY, refine=True)).fit(inputs, targets, seed=0)
+    stacked = node.predict_stacked(inputs)
+    assert stacked.shape == (4, 6, 32, 64)
+    np.testing.assert_allclose(node.predict(inputs)["disparity"], np.maximum(stacked[-1], 0), atol=1e-5)
+
+
+def test_untrained_refinement_already_pulls_a_wrong_disparity_to_the_match():
+    """Its local block-cost soft-argmin is a sub-pixel matcher before any training step."""
+    from entangle.models.stereo_net import Refinement
+    left, right, disp = random_dot_pairs(2, h=32, w=96, seed=4, max_disp=12)
+    to = lambda a: (torch.from_numpy(a).permute(0, 3, 1, 2).float() / 255 - 0.45) / 0.25   # noqa: E731
+    truth = torch.from_numpy(disp)
+    refine = Refinement(8, 32).eval()
+    with torch.no_grad():
+        for err in (1.0, -0.7):
+            out = refine(to(left), to(right), truth + err)
+            inner = (slice(None), slice(4, -4), slice(20, -4))
+            assert (out - truth)[inner].abs().median() < 0.5 * abs(err)
+
+
+def test_training_after_prediction_in_the_same_process():
+    """Prediction runs in inference mode; nothing it caches may break a later training step."""
+    left, right, disp = random_dot_pairs(4, h=48, w=112, seed=6, max_disp=12)
+    inputs = stereo_inputs(left, right)
+    kw = dict(TINY, max_disp=32, disp_step=2)
+    first = StereoNet(**kw, crop=[32, 64]).fit(inputs, {"disparity": disp}, seed=0)
+    first.predict(inputs)                   # full-size upsampling matrices, made in inference mode
+    StereoNet(**kw).fit(inputs, {"disparity": disp}, seed=1)      # and reused for training here

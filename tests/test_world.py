@@ -14,8 +14,8 @@ import yaml
 
 from entangle.cli import run as run_experiment
 from entangle.data.kitti import KittiDataset
-from entangle.data.world import (ObjectParams, SceneParams, WorldConfig, generate, render_scene,
-                                 sample_scene, scene_rng)
+from entangle.data.world import (ObjectParams, SceneParams, WorldConfig, generate, make_calib,
+                                 render_scene, sample_scene, scene_rng)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -31,6 +31,17 @@ def test_world_yaml_is_the_dataclass_default_and_unknown_keys_fail():
         WorldConfig.from_dict({"car": {"distance": [60, 5]}})
     with pytest.raises(ValueError, match="splits"):
         WorldConfig.from_dict({"splits": [0.5, 0.5, 0.5]})
+
+
+def test_camera_keeps_half_of_kittis_depth_resolution_and_its_field_of_view():
+    """f·B is what turns a disparity error into metres: 195.8 px·m here, 389.6 on KITTI."""
+    cam = WorldConfig().camera
+    calib = make_calib(cam)
+    assert (cam.height, cam.width) == (192, 624)
+    assert calib.P2[0, 0] == pytest.approx(721.5377 * 624 / 1242, rel=1e-9)
+    assert calib.fb == pytest.approx(721.5377 * 624 / 1242 * 0.54, rel=1e-6)   # 195.8 px·m
+    # KITTI's horizontal field of view: the principal point at the same share of the width
+    assert math.atan(calib.P2[0, 2] / calib.P2[0, 0]) == pytest.approx(math.atan(609.5593 / 721.5377), abs=2e-3)
 
 
 def test_scene_sampling_and_rendering_are_deterministic():
@@ -175,9 +186,12 @@ def test_sampled_distributions_follow_the_config():
     scenes = [sample_scene(scene_rng(5, i), cfg) for i in range(150)]
     cars = [o for s in scenes for o in s.objects if o.cls == "Car"]
     peds = [o for s in scenes for o in s.objects if o.cls == "Pedestrian"]
-    assert all(5.0 <= o.z <= 60.0 for o in cars) and all(4.0 <= o.z <= 40.0 for o in peds)
+    assert all(4.0 <= o.z <= 80.0 for o in cars) and all(4.0 <= o.z <= 50.0 for o in peds)
     assert np.mean([o.z for o in peds]) < np.mean([o.z for o in cars])
-    assert max(o.z for o in cars) > 45 and min(o.z for o in cars) < 10
+    assert max(o.z for o in cars) > 60 and min(o.z for o in cars) < 8
+    # KITTI's object depth statistics (mean 28.0 m, sd 16.3 m) within sampling error
+    car_z = np.array([o.z for o in cars])
+    assert abs(car_z.mean() - 28.0) < 2.5 and abs(car_z.std() - 16.3) < 2.5
     h = np.array([o.h for o in cars])
     assert (np.abs(h - 1.53) <= 2 * 0.10 + 1e-9).all()
     assert all(o.h > 1.8 * o.w for o in peds)  # thin and tall

@@ -87,7 +87,8 @@ def version_churn(study: Any, *, nodes: Sequence[str] | None = None, split: str 
         seed_old = churn_between(study.old_runs, study.old_runs, name, pairs, split=split, spec=spec)
         seed_new = churn_between(study.new_runs, study.new_runs, name, pairs, split=split, spec=spec)
         entry: dict[str, Any] = {
-            "outcome": {"kind": spec.kind, "threshold": spec.threshold, "bins": list(spec.bins or [])},
+            "outcome": {"kind": spec.kind, "threshold": spec.threshold, "bins": list(spec.bins or []),
+                        "iou": spec.iou},
             "n_items": version[0]["n"],
         }
         for label, rows in (("version", version), ("seed_old", seed_old), ("seed_new", seed_new)):

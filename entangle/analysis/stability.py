@@ -103,28 +103,35 @@ class OutcomeSpec:
     """How a node's predictions become per-item labels and correct flags.
 
     ``kind``: ``"label"`` (a classifier's ``pred`` against its target), ``"loss"`` (per-sample
-    losses: label = bin, correct = loss <= threshold) or ``"auto"`` (label when ``pred`` is a
-    1-D integer array, else loss). ``threshold``/``bins`` fix the loss scale; when None they
-    come from a reference run (its median loss; its loss quartiles). Bins are right-closed and
-    the threshold is always one of their edges, so two items with one label agree on correctness.
+    losses: label = bin, correct = loss <= threshold), ``"detected"`` (a detector's objects:
+    right when a detection finds the object at IoU ``>= iou``; label = found or not) or
+    ``"auto"`` (label when ``pred`` is a 1-D integer array, else loss). ``threshold``/``bins``
+    fix the loss scale; when None they come from a reference run (its median loss; its loss
+    quartiles). Bins are right-closed and the threshold is always one of their edges, so two
+    items with one label agree on correctness.
     """
 
     kind: str = "auto"
     threshold: float | None = None
     bins: tuple[float, ...] | None = None
+    iou: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None, where: str = "outcomes") -> "OutcomeSpec":
         cfg = dict(cfg or {})
-        unknown = set(cfg) - {"kind", "threshold", "bins"}
+        unknown = set(cfg) - {"kind", "threshold", "bins", "iou"}
         if unknown:
-            raise StabilityError(f"{where}: unknown field(s) {sorted(unknown)} (expected kind, threshold, bins)")
+            raise StabilityError(f"{where}: unknown field(s) {sorted(unknown)} (expected kind, threshold, bins, iou)")
         kind = str(cfg.get("kind", "auto"))
-        if kind not in ("auto", "label", "loss"):
-            raise StabilityError(f"{where}.kind must be auto, label or loss, got {kind!r}")
+        if kind not in ("auto", "label", "loss", "detected"):
+            raise StabilityError(f"{where}.kind must be auto, label, loss or detected, got {kind!r}")
+        if kind == "detected" and not (isinstance(cfg.get("iou"), (int, float)) and 0 < float(cfg["iou"]) <= 1):
+            raise StabilityError(f"{where}.iou: kind 'detected' needs the IoU an object is found at, in (0, 1]; "
+                                 f"got {cfg.get('iou')!r}")
         bins = cfg.get("bins")
         return cls(kind, None if cfg.get("threshold") is None else float(cfg["threshold"]),
-                   None if bins is None else tuple(float(b) for b in bins))
+                   None if bins is None else tuple(float(b) for b in bins),
+                   None if cfg.get("iou") is None else float(cfg["iou"]))
 
 
 @dataclass(frozen=True)
@@ -184,9 +191,19 @@ def is_label_node(predictions: Mapping[str, Any], targets: Mapping[str, Any]) ->
 
 
 def outcome_arrays(predictions: Mapping[str, Any], targets: Mapping[str, Any], loss: np.ndarray | None,
-                   spec: OutcomeSpec = OutcomeSpec()) -> Outcomes:
-    """Outcomes from one node's predictions, targets and per-sample losses (see :class:`OutcomeSpec`)."""
+                   spec: OutcomeSpec = OutcomeSpec(), node: Any = None) -> Outcomes:
+    """Outcomes from one node's predictions, targets and per-sample losses (see :class:`OutcomeSpec`);
+    kind ``detected`` asks ``node.detected(predictions, targets, iou)``."""
     kind = spec.kind
+    if kind == "detected":
+        if node is None or not callable(getattr(node, "detected", None)):
+            raise StabilityError(f"outcome kind 'detected' needs a detector node (with a 'detected' method), "
+                                 f"got {type(node).__name__}")
+        found = np.asarray(node.detected(predictions, targets, spec.iou), dtype=bool)
+        if loss is not None and len(found) != len(loss):
+            raise StabilityError(f"{type(node).__name__}.detected returned {len(found)} items for "
+                                 f"{len(loss)} per-sample losses")
+        return Outcomes(found.astype(np.int64), found, "detected", spec.iou)
     if kind == "auto":
         kind = "label" if is_label_node(predictions, targets) else "loss"
     if kind == "label":
@@ -212,8 +229,8 @@ def resolve_spec(spec: OutcomeSpec, predictions: Mapping[str, Any], targets: Map
     kind = spec.kind
     if kind == "auto":
         kind = "label" if is_label_node(predictions, targets) else "loss"
-    if kind == "label":
-        return OutcomeSpec("label")
+    if kind in ("label", "detected"):
+        return OutcomeSpec(kind, iou=spec.iou)
     if loss is None or len(loss) == 0:
         raise StabilityError("cannot fix a loss threshold from a reference run without losses")
     loss = np.asarray(loss, dtype=np.float64)
@@ -233,7 +250,7 @@ def run_outcomes(run: Any, name: str, split: str | None = None,
     preds = run.values(name, split)
     targets = node_targets(run, name, split)
     loss = run.losses(name, split)
-    return outcome_arrays(preds, targets, loss, spec)
+    return outcome_arrays(preds, targets, loss, spec, node=run.system.specs[name].node)
 
 
 def reference_spec(run: Any, name: str, split: str | None = None,

@@ -56,10 +56,10 @@ CLASSES = ("Car", "Pedestrian")
 
 @dataclass(frozen=True)
 class CameraConfig:
-    """Rig geometry: KITTI's camera 2/3 scaled to a small image."""
+    """Rig geometry: KITTI's camera 2/3 scaled to a smaller image (half of KITTI's f·B)."""
 
-    height: int = 128                  # image rows
-    width: int = 416                   # image columns (KITTI 1242×375 is 3.3:1)
+    height: int = 192                  # image rows
+    width: int = 624                   # image columns (KITTI 1242×375 is 3.3:1; half its width)
     kitti_focal: float = 721.5377      # KITTI P2 focal length (px) at kitti_width
     kitti_width: int = 1242
     cx_frac: float = 0.4908            # principal point as a fraction of width/height (KITTI P2)
@@ -97,8 +97,8 @@ class ObjectClassConfig:
 
     count_mean: float = 4.0               # Poisson mean of objects per scene
     count_max: int = 12
-    distance: tuple[float, float] = (5.0, 60.0)  # z range of the box centre (m)
-    distance_beta: tuple[float, float] = (1.3, 2.0)  # z = lo + (hi - lo) * Beta(a, b)
+    distance: tuple[float, float] = (4.0, 80.0)  # z range of the box centre (m)
+    distance_beta: tuple[float, float] = (1.16, 2.52)  # z = lo + (hi - lo) * Beta(a, b)
     size_mean: tuple[float, float, float] = (1.53, 1.63, 3.88)  # h, w, l (KITTI means)
     size_std: tuple[float, float, float] = (0.10, 0.08, 0.35)
     placement: tuple[float, float, float] = (0.5, 0.4, 0.1)
@@ -114,8 +114,8 @@ def _car_defaults() -> ObjectClassConfig:
 
 
 def _pedestrian_defaults() -> ObjectClassConfig:
-    return ObjectClassConfig(count_mean=3.0, count_max=8, distance=(4.0, 40.0),
-                             distance_beta=(1.5, 3.0), size_mean=(1.76, 0.66, 0.84),
+    return ObjectClassConfig(count_mean=3.0, count_max=8, distance=(4.0, 50.0),
+                             distance_beta=(1.5, 4.0), size_mean=(1.76, 0.66, 0.84),
                              size_std=(0.11, 0.08, 0.15), placement=(0.7, 0.3, 0.0),
                              yaw_std=math.pi, brightness=(0.02, 0.6), saturation=(0.0, 0.6),
                              texture_contrast=(0.08, 0.4), margin=0.2)
@@ -167,7 +167,7 @@ class WorldConfig:
     sensor: SensorConfig = field(default_factory=SensorConfig)
     texture: TextureConfig = field(default_factory=TextureConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
-    splits: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    splits: tuple[float, float, float] = (0.45, 0.10, 0.45)
 
     def __post_init__(self) -> None:
         _validate(self, "world")
@@ -894,9 +894,13 @@ def _shade(view: _View, scene: SceneParams, m: dict, atlas: TextureAtlas) -> np.
     return np.stack([a * shade for a in albedo], axis=-1).reshape(H, W, 3).astype(np.float32)
 
 
-def _to_uint8(linear: np.ndarray, gain: float, noise_std: float, blur: float,
-              rng: np.random.Generator) -> np.ndarray:
-    """Camera response: gamma, optics blur, gain, Gaussian noise, 8-bit quantisation."""
+def camera_response(linear: np.ndarray, gain: float, noise_std: float, blur: float,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Camera response: gamma, optics blur, gain, Gaussian noise, 8-bit quantisation.
+
+    Linear RGB (H, W, 3) in [0, 1] to uint8 (H, W, 3); shared with the pretraining renderer
+    (:mod:`entangle.data.flying`) so both data sets come out of the same camera.
+    """
     img = np.float32(255.0) * cv2.pow(np.clip(linear.astype(np.float32), 0.0, 1.0), 1 / 2.2)
     if blur > 0:
         img = cv2.GaussianBlur(img, (0, 0), blur)
@@ -964,8 +968,8 @@ def render_scene(params: SceneParams, cfg: WorldConfig, *, sample_id: str = "000
         views.append(view)
     rng = np.random.default_rng(params.noise_seed)
     blur = cfg.sensor.blur_sigma
-    left = _to_uint8(_shade(views[0], params, m, atlas), 1.0, params.noise_std, blur, rng)
-    right = _to_uint8(_shade(views[1], params, m, atlas), params.right_gain, params.noise_std,
+    left = camera_response(_shade(views[0], params, m, atlas), 1.0, params.noise_std, blur, rng)
+    right = camera_response(_shade(views[1], params, m, atlas), params.right_gain, params.noise_std,
                       blur, rng)
 
     fb = calib.fb

@@ -124,7 +124,9 @@ class CarDetector(DetectorNode):
     Inputs ``points`` (Ragged of (n, 3) camera-frame points per image) and ``calib`` ((N, 3, 4)
     P2, used to project the 3D boxes to 2D boxes); target ``labels``; output ``boxes``. The node
     reads no image, so ``image_shape`` (H, W) gives the size that 2D boxes are clipped to and
-    that scales the KITTI difficulty heights (default: the world's 128 x 416 camera).
+    that scales the KITTI difficulty heights (default: the world's 192 x 624 camera). A size that
+    does not put the principal point near the image's centre (35-65 % of each side, as any real
+    camera and the world) is refused: a stale size would silently mis-grade difficulty.
     """
 
     object_class = CAR
@@ -138,7 +140,7 @@ class CarDetector(DetectorNode):
                  batch_size: int = 8, lr: float = 2e-3, weight_decay: float = 1e-4,
                  heatmap_sigma: float = 1.0, reg_weight: float = 1.0, flip: bool = True,
                  max_detections: int = 30, score_threshold: float = 0.05, nms_iou: float = 0.1,
-                 image_shape: tuple[int, int] = (128, 416), device: str = "auto"):
+                 image_shape: tuple[int, int] = (192, 624), device: str = "auto"):
         self.x_min = x_min
         self.x_max = x_max
         self.z_min = z_min
@@ -210,11 +212,13 @@ class CarDetector(DetectorNode):
     def _image_size(self, P: np.ndarray) -> np.ndarray:
         """``(N, 2)`` image height and width: the node reads no image, so they are a parameter."""
         hw = np.asarray(tuple(self.image_shape), dtype=np.int64).reshape(2)
-        outside = (P[:, 0, 2] < 0) | (P[:, 0, 2] >= hw[1]) | (P[:, 1, 2] < 0) | (P[:, 1, 2] >= hw[0])
+        fx, fy = P[:, 0, 2] / hw[1], P[:, 1, 2] / hw[0]
+        outside = (fx < 0.35) | (fx > 0.65) | (fy < 0.35) | (fy > 0.65)
         if np.any(outside):
             i = int(np.flatnonzero(outside)[0])
             raise ValueError(f"CarDetector: image {i}'s principal point ({P[i, 0, 2]:.1f}, {P[i, 1, 2]:.1f}) "
-                             f"lies outside image_shape={tuple(hw)}; set image_shape to the images' (H, W)")
+                             f"is not near the centre of image_shape={tuple(int(v) for v in hw)} (H, W); "
+                             "set the node's image_shape to the images' size")
         return np.broadcast_to(hw, (len(P), 2)).copy()
 
     # -- the node contract -----------------------------------------------------------------

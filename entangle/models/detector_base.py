@@ -96,6 +96,15 @@ class DetectorNode(BaseNode):
         """The per-object loss covers every ground-truth object of the node's class."""
         return int(len(class_rows(targets["labels"], self.object_class)))
 
+    def detected(self, predictions: Mapping[str, Any], targets: Mapping[str, Any],
+                 min_overlap: float) -> np.ndarray:
+        """Per ground-truth object (the loss's items, in order): found by a detection at BEV IoU
+        ``>= min_overlap`` in the devkit's matching (the outcome churn and flips read)."""
+        boxes = predictions["boxes"]
+        labels = check_labels(targets["labels"], len(boxes))
+        return kitti_eval.match_objects(labels, boxes, self.object_class, metric="bev",
+                                        min_overlap=float(min_overlap))["matched"]
+
     def score(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, float]:
         """KITTI APs of the node's class (flat keys) with ``bev_ap_moderate`` (BEV AP|R40, strict IoU)."""
         boxes = predictions["boxes"]

@@ -18,8 +18,10 @@ minute or two on CPU:
 
 The PointNets are trained on frustums of the ground-truth 2D boxes with random jitter (so they
 learn to cope with imperfect 2D boxes), with the object's points (inside its 3D box) as the
-segmentation target. A detection's score is its 2D score; its 2D box is the projection of the
-3D box with P2.
+segmentation target. The box PointNet also predicts the **quality** of its own box: the BEV IoU
+it will have with the object (trained on the IoU its box actually reaches, as IoU-Net does). A
+detection's score is its 2D score times that quality, so the depth the 3D stage reads shapes the
+ranking of detections, not only their overlap; its 2D box is the projection of the 3D box.
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ class PointNetSeg(nn.Module):
 
 
 class PointNetBox(nn.Module):
-    """Centred points ``(B, N, 3)`` and object weights ``(B, N)`` -> centre (3), log-size (3), angle (2)."""
+    """Centred points ``(B, N, 3)`` and object weights ``(B, N)`` -> centre (3), log-size (3),
+    angle (2) and box-quality logit (1)."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -128,14 +131,14 @@ class PointNetBox(nn.Module):
         self.local = nn.Sequential(nn.Conv1d(4, c, 1), nn.ReLU(), nn.Conv1d(c, 2 * c, 1), nn.ReLU(),
                                    nn.Conv1d(2 * c, 4 * c, 1), nn.ReLU())
         self.head = nn.Sequential(nn.Linear(4 * c + 1, 2 * c), nn.ReLU(), nn.Linear(2 * c, c), nn.ReLU(),
-                                  nn.Linear(c, 8))
+                                  nn.Linear(c, 9))
 
     def forward(self, pts: torch.Tensor, weight: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         x = torch.cat([pts, weight.unsqueeze(2)], dim=2).transpose(1, 2)   # (B, 4, N)
         # points unlikely to be the object are pushed down before pooling
         f = self.local(x) * weight.unsqueeze(1)                            # (B, 4c, N)
         g = f.max(dim=2).values                                            # (B, 4c)
-        return self.head(torch.cat([g, depth.view(-1, 1)], dim=1))         # (B, 8)
+        return self.head(torch.cat([g, depth.view(-1, 1)], dim=1))         # (B, 9)
 
 
 class FrustumNet(nn.Module):
@@ -150,7 +153,7 @@ class FrustumNet(nn.Module):
         logits = self.seg(pts, depth)                                      # (B, N)
         w = torch.sigmoid(logits)
         centre0 = (pts * w.unsqueeze(2)).sum(1) / w.sum(1, keepdim=True).clamp(min=1e-3)  # (B, 3)
-        out = self.box(pts - centre0.unsqueeze(1), w, depth)               # (B, 8)
+        out = self.box(pts - centre0.unsqueeze(1), w, depth)               # (B, 9)
         return logits, centre0, out
 
 
@@ -297,22 +300,28 @@ class PedestrianImageDetector(BaseNode):
         """The per-object loss covers every ground-truth pedestrian."""
         return int(len(class_rows(targets["labels"], PEDESTRIAN)))
 
-    def loss(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> np.ndarray:
-        """One loss per ground-truth pedestrian (label-row order): ``1 - max IoU_2d x score``."""
+    @staticmethod
+    def _frames(predictions: Mapping[str, Any], targets: Mapping[str, Any]):
+        """(ground-truth pedestrian rows, 2D detections) of every frame that has pedestrians."""
         dets = predictions["boxes_2d"]
-        labels = check_labels(targets["labels"], len(dets))
-        out = []
-        for i, lab in enumerate(labels):
+        for i, lab in enumerate(check_labels(targets["labels"], len(dets))):
             g = np.asarray(lab, dtype=np.float64)
             g = g[g[:, L["cls"]] == PEDESTRIAN] if len(g) else g.reshape(0, len(LABEL_COLUMNS))
-            d = np.asarray(dets[i], dtype=np.float64).reshape(-1, 5)
-            if not len(g):
-                continue
-            if not len(d):
-                out.append(np.ones(len(g)))
-                continue
-            q = bx.box2d_overlap(g[:, 8:12], d[:, :4]) * d[None, :, 4]
-            out.append(1.0 - q.max(axis=1))
+            if len(g):
+                yield g, np.asarray(dets[i], dtype=np.float64).reshape(-1, 5)
+
+    def detected(self, predictions: Mapping[str, Any], targets: Mapping[str, Any],
+                 min_overlap: float) -> np.ndarray:
+        """Per ground-truth pedestrian (the loss's items): a 2D detection overlaps it at IoU
+        ``>= min_overlap``."""
+        out = [bx.box2d_overlap(g[:, 8:12], d[:, :4]).max(axis=1) >= min_overlap if len(d)
+               else np.zeros(len(g), dtype=bool) for g, d in self._frames(predictions, targets)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+
+    def loss(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> np.ndarray:
+        """One loss per ground-truth pedestrian (label-row order): ``1 - max IoU_2d x score``."""
+        out = [1.0 - (bx.box2d_overlap(g[:, 8:12], d[:, :4]) * d[None, :, 4]).max(axis=1) if len(d)
+               else np.ones(len(g)) for g, d in self._frames(predictions, targets)]
         return np.concatenate(out) if out else np.zeros(0)
 
     def score(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, float]:
@@ -367,7 +376,7 @@ class PedestrianDetector(DetectorNode):
     input_kinds = {"points": "points", "image": "image", "calib": "calib", "boxes_2d": "boxes_2d"}
     optional_inputs = ("boxes_2d",)
     output_kinds = {"boxes": "boxes", "image_size": "array", "n_points": "array"}
-    version = "2"
+    version = "3"
     execution_params = ("device",)
 
     def __init__(self, *, width_2d: int = 24, epochs_2d: int = 10, lr_2d: float = 2e-3,
@@ -441,6 +450,8 @@ class PedestrianDetector(DetectorNode):
         pts, depth, seg_t, box_t = self._frustum_training_set(points, labels, P, rng)
         net = FrustumNet(self.width_3d)
 
+        mean_size = self.mean_size_
+
         def batch_loss(net, idx, step):
             p, d, st, bt = (a[idx].to(dev) for a in (pts, depth, seg_t, box_t))
             logits, centre0, out = net(p, d)
@@ -449,7 +460,12 @@ class PedestrianDetector(DetectorNode):
             l_centre = F.smooth_l1_loss(centre, bt[:, :3], beta=0.1) + 0.5 * F.smooth_l1_loss(centre0, bt[:, :3], beta=0.1)
             l_size = F.smooth_l1_loss(out[:, 3:6], bt[:, 3:6], beta=0.1)
             l_angle = F.smooth_l1_loss(out[:, 6:8], bt[:, 6:8], beta=0.1)
-            return l_seg + 2.0 * l_centre + l_size + 0.5 * l_angle
+            # box quality: the BEV IoU this box reaches with its object (a target, not a path for
+            # gradients: the box is trained by the terms above)
+            iou = torch.from_numpy(_frame_bev_iou(centre.detach().cpu().numpy(), out[:, 3:8].detach().cpu().numpy(),
+                                                  bt.cpu().numpy(), mean_size)).float().to(dev)
+            l_quality = F.binary_cross_entropy_with_logits(out[:, 8], iou)
+            return l_seg + 2.0 * l_centre + l_size + 0.5 * l_angle + 0.5 * l_quality
 
         trained = train(net, batch_loss, epochs=self.epochs_3d, n=len(pts),
                         batch_size=self.batch_size_3d, seed=seed, optimizer="adamw", lr=self.lr_3d,
@@ -546,6 +562,7 @@ class PedestrianDetector(DetectorNode):
             depth = torch.tensor([f.shift[2] / 30.0 for f in chunk], dtype=torch.float32)
             _, centre0, out = net(pts, depth)
             centre = (centre0 + out[:, :3]).numpy().astype(np.float64)
+            quality = torch.sigmoid(out[:, 8]).numpy().astype(np.float64)
             out = out.numpy().astype(np.float64)
             for k, f in enumerate(chunk):
                 i = owners[start + k]
@@ -554,7 +571,7 @@ class PedestrianDetector(DetectorNode):
                 ry = 0.5 * np.arctan2(out[k, 6], out[k, 7]) + f.angle
                 box7 = np.array([[c[0], c[1] + h / 2, c[2], h, w, l, ry]])
                 box2d = bx.project_boxes(box7, P[i], tuple(image_size[i]))
-                rows[i].append(self._rows(PEDESTRIAN, box7, box2d, np.array([scores[start + k]])))
+                rows[i].append(self._rows(PEDESTRIAN, box7, box2d, np.array([scores[start + k] * quality[k]])))
         per_image = [np.concatenate(r) if r else np.zeros((0, len(BOX_COLUMNS)), np.float32) for r in rows]
         return {"boxes": Ragged.from_list(per_image, width=len(BOX_COLUMNS)),
                 "image_size": image_size, "n_points": n_points}
@@ -579,6 +596,19 @@ class PedestrianDetector(DetectorNode):
         self.train_loss_3d_ = np.asarray(state["train_loss_3d_"], dtype=np.float64)
         self.n_frustums_ = int(np.asarray(state["n_frustums_"]))
         return self
+
+
+def _frame_bev_iou(centre: np.ndarray, out: np.ndarray, target: np.ndarray, mean_size: np.ndarray) -> np.ndarray:
+    """BEV IoU of predicted and target boxes in one frustum frame (rows matched), from the box
+    head's centre ``(n, 3)``, log-size ratios and ``(sin 2ry, cos 2ry)`` ``out[:, :5]`` and the
+    targets' ``(centre, log-size ratios, sin 2ry, cos 2ry)`` ``(n, 8)``."""
+    def boxes(c: np.ndarray, logs: np.ndarray, sc: np.ndarray) -> np.ndarray:
+        h, w, l = (mean_size * np.exp(np.clip(logs, -1, 1))).T
+        ry = 0.5 * np.arctan2(sc[:, 0], sc[:, 1])
+        return np.column_stack([c[:, 0], c[:, 1], c[:, 2], h, w, l, ry]).astype(np.float64)
+    pred = boxes(centre.astype(np.float64), out[:, :3], out[:, 3:5])
+    true = boxes(target[:, :3].astype(np.float64), target[:, 3:6], target[:, 6:8])
+    return np.clip(bx.bev_iou(pred, true, pairwise=True), 0.0, 1.0)
 
 
 def _points_in_box(points: np.ndarray, box7: np.ndarray, margin: float = 0.0) -> np.ndarray:

@@ -26,9 +26,12 @@ the node's per-sample loss method, which a stored hyperparameter of that name wo
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -152,58 +155,23 @@ class _StereoOutputs(BaseNode):
 
 # -- the learned network ------------------------------------------------------------------------
 
-class StereoNet(_StereoOutputs):
-    """PSMNet-style stereo network trained with a disparity loss or a depth loss (u vs u').
+class _NetworkStereo(_StereoOutputs):
+    """What every node holding a fitted :mod:`entangle.models.stereo_net` network shares.
 
-    The network (:mod:`entangle.models.stereo_net`) always predicts disparity; the objective
-    decides whether PSMNet's smooth-L1 on its three stacked outputs (weights 0.5, 0.7, 1.0) is
-    applied to disparity or to depth ``f·B / disparity``, as in the paper's code. Everything
-    else (data, crops, order, initialisation, optimiser) is the same for both objectives.
-
-    Parameters
-    ----------
-    objective : {"disparity", "depth"}
-        Space of the training loss and of the per-image loss.
-    max_disp : int
-        Disparities searched, ``[0, max_disp)`` pixels; a multiple of 16. 48 reaches 2.7 m at
-        the world's geometry (f·B = 130.5 px·m at 416 px width; objects at 3 m: 43.5 px).
-    channels, groups, volume_channels : int
-        Feature channels, correlation groups, channels of the 3D convolutions.
-    epochs, lr, batch_size : training schedule (Adam, cosine decay of the learning rate to 0).
-    crop : [height, width] or None
-        Train on random crops of this size (multiples of 16); None trains on full images.
-        Crops of 64x208 (a quarter of a 128x416 image) train about 4x more images per second;
-        prediction always runs on full images.
-    max_depth : float
-        Pixels with ground truth farther than this (metres) are not trained on nor scored.
-    device : "auto", "cpu" or "cuda"
-        "auto" uses CUDA when present.
+    Prediction (full images, in batches of ``batch_size``, batch norm folded into the
+    convolutions), the stored state, and :meth:`network_config`. Subclasses decide how the
+    network is fitted: trained (:class:`StereoNet`) or read from a file (:class:`StereoCheckpoint`).
     """
 
     input_kinds = {"left": "image", "right": "image", "calib": "calib", "baseline": "scalar"}
-    version = "1"
+    execution_params = ("device",)    # where it runs, not what it computes
 
-    def __init__(self, *, objective: str = "disparity", max_disp: int = 48, channels: int = 16,
-                 groups: int = 4, volume_channels: int = 8, epochs: int = 4, lr: float = 3e-3,
-                 batch_size: int = 4, crop: Any = None, max_depth: float = 80.0,
-                 device: str = "auto"):
-        self.objective = objective
-        self.max_disp = max_disp
-        self.channels = channels
-        self.groups = groups
-        self.volume_channels = volume_channels
-        self.epochs = epochs
-        self.lr = lr
-        self.batch_size = batch_size
-        self.crop = crop
-        self.max_depth = max_depth
-        self.device = device
+    batch_size: int
+    device: str
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _config(self):
-        from entangle.models.stereo_net import StereoNetConfig
-        return StereoNetConfig(max_disp=int(self.max_disp), channels=int(self.channels),
-                               groups=int(self.groups), volume_channels=int(self.volume_channels))
+    def network_config(self):
+        """The :class:`~entangle.models.stereo_net.StereoNetConfig` of the network."""
+        raise NotImplementedError
 
     def _device(self):
         import torch
@@ -222,13 +190,169 @@ class StereoNet(_StereoOutputs):
     def _to_tensor(images: np.ndarray, device):
         """uint8 (B, H, W, 3) -> normalised float (B, 3, H, W) on ``device``."""
         import torch
+        images = np.asarray(images)
+        if not images.flags.writeable:        # a memory-mapped split: torch wants its own copy
+            images = images.copy()
         x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         return (x - IMAGE_MEAN) / IMAGE_STD
 
+    def _fitted_module(self):
+        if not hasattr(self, "module_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit first")
+        return self.module_
+
+    def predict_stacked(self, inputs: Mapping[str, Any], last_only: bool = False) -> np.ndarray:
+        """All stacked disparities ``(outputs, N, H, W)`` float32 (the last is ``predict``'s).
+
+        ``outputs`` is 3, or 4 when the network refines (see :mod:`entangle.models.stereo_net`);
+        ``last_only`` computes only the last, ``(1, N, H, W)``.
+        """
+        import torch
+
+        from entangle.models.stereo_net import fused_for_inference
+        module = self._fitted_module()
+        owner = repr(self)
+        left, right = _images(inputs, owner)
+        n, h, w, _ = left.shape
+        self._check_size(h, w)
+        dev = self._device()
+        net = fused_for_inference(module).to(dev)
+        bs = max(int(self.batch_size), 1)
+        chunks = []
+        with torch.inference_mode():
+            for b0 in range(0, n, bs):
+                sl = slice(b0, b0 + bs)
+                chunks.append(net(self._to_tensor(left[sl], dev), self._to_tensor(right[sl], dev),
+                                  last_only=last_only).cpu())
+        if not chunks:
+            return np.zeros((1 if last_only else module.config.num_outputs, 0, h, w), dtype=np.float32)
+        return torch.cat(chunks, dim=1).numpy().astype(np.float32)
+
+    def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``disparity``, ``depth`` (N, H, W) and ``focal_baseline`` (N,) for a batch of pairs."""
+        disparity = self.predict_stacked(inputs, last_only=True)[-1]
+        return self._outputs(disparity, focal_baseline(inputs, len(disparity), repr(self)))
+
+    def _module_state(self) -> dict[str, Any]:
+        return {f"module.{k}": v.detach().cpu().clone()
+                for k, v in self._fitted_module().state_dict().items()}
+
+    def _load_module(self, state: Mapping[str, Any], config) -> None:
+        import torch
+
+        from entangle.models.stereo_net import StereoNet as Net
+        net = Net(config)
+        net.load_state_dict({k[len("module."):]: torch.as_tensor(v) for k, v in state.items()
+                             if k.startswith("module.")})
+        self.module_ = net.eval()
+
+
+class StereoNet(_NetworkStereo):
+    """PSMNet-style stereo network trained with a disparity loss or a depth loss (u vs u').
+
+    The network (:mod:`entangle.models.stereo_net`) always predicts disparity; the objective
+    decides whether PSMNet's smooth-L1 on its stacked outputs (weights 0.5, 0.7, 1.0, and 1.0
+    for the refined output) is applied to disparity or to depth ``f·B / disparity``, as in the
+    paper's code. Everything else (data, crops, order, initialisation, optimiser) is the same for
+    both objectives.
+
+    **Warm start.** As in the paper (PSMNet pretrained on SceneFlow, then fine-tuned on KITTI),
+    :meth:`init_from` makes the next :meth:`fit` start from another fitted network's weights
+    (a :class:`StereoNet` or a :class:`StereoCheckpoint` with the same network config) instead
+    of a random initialisation; the seed still fixes the order and the crops.
+
+    Parameters
+    ----------
+    objective : {"disparity", "depth"}
+        Space of the training loss and of the per-image loss.
+    max_disp : int
+        Disparities searched, ``[0, max_disp)`` pixels; a multiple of 16. 64 reaches 3.1 m at
+        the world's geometry (f·B = 195.8 px·m at 624 px width).
+    channels, groups, volume_channels : int
+        Feature channels, correlation groups, channels of the 3D convolutions.
+    disp_step : {4, 2, 1}
+        Spacing (px) of the cost volume's candidate disparities; ``max_disp / disp_step`` must
+        be a multiple of 4.
+    refine : bool
+        Add the full-resolution image-guided refinement (a fourth output, the prediction).
+    refine_channels : int
+        Channels of the refinement's convolutions.
+    head_kernel : {3, 1}
+        Kernel of the score heads over the cost volume.
+    epochs, lr, batch_size : training schedule (Adam, cosine decay of the learning rate to 0).
+    crop : [height, width] or None
+        Train on random crops of this size (multiples of 16); None trains on full images.
+        Prediction always runs on full images.
+    max_depth : float
+        Pixels with ground truth farther than this (metres) are not trained on nor scored.
+    device : "auto", "cpu" or "cuda"
+        "auto" uses CUDA when present.
+    """
+
+    version = "2"
+
+    def __init__(self, *, objective: str = "disparity", max_disp: int = 64, channels: int = 16,
+                 groups: int = 4, volume_channels: int = 8, disp_step: int = 2, refine: bool = True,
+                 refine_channels: int = 8, head_kernel: int = 3, epochs: int = 4, lr: float = 1e-3, batch_size: int = 4,
+                 crop: Any = None, max_depth: float = 80.0, device: str = "auto"):
+        self.objective = objective
+        self.max_disp = max_disp
+        self.channels = channels
+        self.groups = groups
+        self.volume_channels = volume_channels
+        self.disp_step = disp_step
+        self.refine = refine
+        self.refine_channels = refine_channels
+        self.head_kernel = head_kernel
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.crop = crop
+        self.max_depth = max_depth
+        self.device = device
+
+    def network_config(self):
+        from entangle.models.stereo_net import StereoNetConfig
+        return StereoNetConfig(max_disp=int(self.max_disp), channels=int(self.channels),
+                               groups=int(self.groups), volume_channels=int(self.volume_channels),
+                               disp_step=int(self.disp_step), refine=bool(self.refine),
+                               refine_channels=int(self.refine_channels),
+                               head_kernel=int(self.head_kernel))
+
+    def init_from(self, other: "_NetworkStereo") -> None:
+        """Make the next :meth:`fit` start from ``other``'s fitted weights (fine-tuning).
+
+        ``other`` is a fitted :class:`StereoNet` or :class:`StereoCheckpoint`; its weights are
+        copied now, so refitting ``other`` later changes nothing here. The warm start belongs to
+        this instance: :meth:`clone` (a fresh node from the parameters) starts from scratch.
+
+        Raises
+        ------
+        ValueError
+            If ``other`` holds no stereo network or its network config differs from this node's
+            (both configs are named).
+        NotFittedError
+            If ``other`` is not fitted.
+        """
+        if not isinstance(other, _NetworkStereo):
+            raise ValueError(f"{self!r} can start only from a fitted StereoNet or StereoCheckpoint, "
+                             f"not a {type(other).__name__}")
+        source = other._fitted_module()
+        mine, theirs = self.network_config(), source.config
+        if mine != theirs:
+            raise ValueError(f"{type(self).__name__}.init_from: the network configs differ, so the "
+                             f"weights cannot be reused: this node's {mine} vs the source's "
+                             f"{theirs} (from {other!r})")
+        self._init_state = {k: v.detach().cpu().clone() for k, v in source.state_dict().items()}
+        self._init_origin = repr(other)
+
     # -- the contract --------------------------------------------------------------------------
     def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *, seed: int) -> "StereoNet":
-        """Train from scratch with the chosen objective; the seed fixes init, order and crops."""
+        """Train with the chosen objective from a random init (or :meth:`init_from`'s weights).
+
+        The seed fixes the initialisation, the order of the images and the crops.
+        """
         import torch
         from tqdm.auto import tqdm
 
@@ -250,7 +374,12 @@ class StereoNet(_StereoOutputs):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         dev = self._device()
-        net = Net(self._config()).to(dev).train()
+        net = Net(self.network_config())
+        init = getattr(self, "_init_state", None)
+        if init is not None:
+            net.load_state_dict(init)
+            log.info("%s starts from the weights of %s", owner, self._init_origin)
+        net = net.to(dev).train()
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
         bs = int(self.batch_size)
         steps = int(self.epochs) * math.ceil(n / bs)
@@ -276,7 +405,7 @@ class StereoNet(_StereoOutputs):
                 if not bool(mask.any()):
                     bar.update(1)
                     continue
-                out = net(l, r)                                                    # (3, B, ch, cw)
+                out = net(l, r)                                                    # (outputs, B, ch, cw)
                 if self.objective == "depth":
                     out = disparity_to_depth(out, fb)
                     target = fb.view(-1, 1, 1) / d.clamp(min=1e-6)
@@ -304,49 +433,138 @@ class StereoNet(_StereoOutputs):
         self.train_loss_ = np.asarray(history, dtype=np.float64)
         return self
 
-    def predict_stacked(self, inputs: Mapping[str, Any]) -> np.ndarray:
-        """All three stacked disparities ``(3, N, H, W)`` float32 (the last is ``predict``'s)."""
-        import torch
-        if not hasattr(self, "module_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit first")
-        owner = repr(self)
-        left, right = _images(inputs, owner)
-        n, h, w, _ = left.shape
-        self._check_size(h, w)
-        dev = self._device()
-        net = self.module_.to(dev).eval()
-        chunks = []
-        with torch.no_grad():
-            for b0 in range(0, n, max(int(self.batch_size), 1)):
-                sl = slice(b0, b0 + max(int(self.batch_size), 1))
-                chunks.append(net(self._to_tensor(left[sl], dev), self._to_tensor(right[sl], dev)).cpu())
-        self.module_ = net.cpu()
-        if not chunks:
-            return np.zeros((3, 0, h, w), dtype=np.float32)
-        return torch.cat(chunks, dim=1).numpy().astype(np.float32)
-
-    def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        """``disparity``, ``depth`` (N, H, W) and ``focal_baseline`` (N,) for a batch of pairs."""
-        disparity = self.predict_stacked(inputs)[-1]
-        return self._outputs(disparity, focal_baseline(inputs, len(disparity), repr(self)))
-
     def state_dict(self) -> dict[str, Any]:
         import torch
-        if not hasattr(self, "module_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit first")
-        state = {f"module.{k}": v.detach().cpu().clone() for k, v in self.module_.state_dict().items()}
+        state = self._module_state()
         state["train_loss"] = torch.as_tensor(self.train_loss_)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> "StereoNet":
+        self._load_module(state, self.network_config())
+        self.train_loss_ = np.asarray(state.get("train_loss", []), dtype=np.float64)
+        return self
+
+
+#: the ``format`` entry of a stereo checkpoint file (:func:`save_checkpoint`).
+CHECKPOINT_FORMAT = "entangle.stereo_net/1"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(node: _NetworkStereo, path: str | Path, **meta: Any) -> str:
+    """Write ``node``'s fitted network (config and weights) to ``path``; returns its SHA-256.
+
+    The file is a plain ``torch.save`` of tensors, strings and numbers (no pickled objects), so
+    :class:`StereoCheckpoint` reads it with ``weights_only=True``. ``meta`` (JSON-able: how it
+    was made, what it cost) is stored beside the weights.
+    """
+    import torch
+    module = node._fitted_module()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": CHECKPOINT_FORMAT, "config": module.config.to_dict(),
+               "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+               "meta": json.loads(json.dumps(meta))}
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def _resolve(path: str | Path) -> Path:
+    """A relative checkpoint path is looked up in the working folder, then the repository."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    repo = Path(__file__).resolve().parents[2]
+    return repo / p if (repo / p).exists() else p
+
+
+class StereoCheckpoint(_NetworkStereo):
+    """A stereo network read from a checkpoint file: its "fit" loads and verifies the file.
+
+    It behaves like the :class:`StereoNet` whose weights the file holds (same outputs, loss
+    and metrics), and :meth:`StereoNet.init_from` accepts it: the pretrained network that every
+    fine-tuned stereo node of a study starts from, made once by
+    ``experiments/pretrain_stereo.py`` and shipped under ``datasets/checkpoints/``.
+
+    Parameters
+    ----------
+    path : str
+        The file (written by :func:`save_checkpoint`); relative paths are looked up in the
+        working folder, then in the repository.
+    sha256 : str
+        Its expected SHA-256 (hex): a file with another digest is refused, naming the file.
+    objective : {"disparity", "depth"}
+        Space of the per-image loss (nothing is trained).
+    max_depth, batch_size, device : as for :class:`StereoNet`.
+    """
+
+    version = "1"
+
+    def __init__(self, *, path: str, sha256: str, objective: str = "disparity",
+                 max_depth: float = 80.0, batch_size: int = 4, device: str = "auto"):
+        self.path = path
+        self.sha256 = sha256
+        self.objective = objective
+        self.max_depth = max_depth
+        self.batch_size = batch_size
+        self.device = device
+
+    def network_config(self):
+        if not hasattr(self, "config_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted: its network config comes "
+                                 "from the checkpoint file; call fit first")
+        return self.config_
+
+    def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *,
+            seed: int) -> "StereoCheckpoint":
+        """Load the file after checking its SHA-256; inputs, targets and seed are not read.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file does not exist.
+        ValueError
+            If its digest differs from ``sha256`` or it is not a stereo checkpoint.
+        """
         import torch
 
-        from entangle.models.stereo_net import StereoNet as Net
-        net = Net(self._config())
-        net.load_state_dict({k[len("module."):]: torch.as_tensor(v) for k, v in state.items()
-                             if k.startswith("module.")})
-        self.module_ = net.eval()
-        self.train_loss_ = np.asarray(state.get("train_loss", []), dtype=np.float64)
+        from entangle.models.stereo_net import StereoNetConfig
+        self._check_objective()
+        path = _resolve(self.path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{type(self).__name__}: checkpoint {path} does not exist")
+        digest = file_sha256(path)
+        if digest != str(self.sha256).lower():
+            raise ValueError(f"{type(self).__name__}: checkpoint {path} has SHA-256 {digest}, not the "
+                             f"expected {self.sha256}: the file changed (or the digest is wrong); "
+                             f"refusing to load it")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{type(self).__name__}: {path} is not a stereo checkpoint "
+                             f"(format {CHECKPOINT_FORMAT!r})")
+        self.config_ = StereoNetConfig(**payload["config"])
+        self._load_module({f"module.{k}": v for k, v in payload["state_dict"].items()}, self.config_)
+        self.meta_ = dict(payload.get("meta") or {})
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self._module_state()
+        state["config"] = np.asarray(json.dumps(self.network_config().to_dict(), sort_keys=True))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> "StereoCheckpoint":
+        from entangle.models.stereo_net import StereoNetConfig
+        self.config_ = StereoNetConfig(**json.loads(str(np.asarray(state["config"]))))
+        self._load_module(state, self.config_)
         return self
 
 

@@ -597,6 +597,9 @@ def stress_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
 
 #: report keys of analyses that get a section of their own, with its title.
 ANALYSIS_TITLES = {
+    "gate": "Gate: the upstream on its objects' pixels, against SGBM and the oracle",
+    "outcomes": "Declared outcomes",
+    "paper": "The paper's claims",
     "references": "References",
     "stress": "Stress test (underspecification)",
     "underspecification": "Underspecification",
@@ -648,6 +651,23 @@ def failed_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
     return section("failure", "This run failed", "failure.html.j2",
                    error=str(report.get("error", "unknown error")),
                    traceback=str(report["traceback"]) if report.get("traceback") else None)
+
+
+def gate_answer(report: Mapping[str, Any]) -> list[Sentence]:
+    """The case study's gate first: does the learned upstream earn its place (beat the classical
+    baseline on the objects the detectors read)? Every detector verdict below depends on it."""
+    verdict = (report.get("gate") or {}).get("verdict") if isinstance(report.get("gate"), Mapping) else None
+    if not isinstance(verdict, Mapping) or verdict.get("passed") is None:
+        return []
+    where = f"on object pixels, both classes, up to {verdict.get('up_to', 40):g} m"
+    if verdict["passed"]:
+        return [[_em("b", "Gate passed:"),
+                 f" the learned stereo beats {verdict.get('reference', 'SGBM')} {where}."]]
+    failing = "; ".join(f"{name}: " + ", ".join(v.get("failing", []))
+                        for name, v in (verdict.get("systems") or {}).items() if not v.get("passed"))
+    return [[_em("flag", "Gate failed:"),
+             f" the learned stereo does not beat {verdict.get('reference', 'SGBM')} {where} ({failing}); "
+             "the detector verdicts below do not test the paper's mechanism."]]
 
 
 def failed_answer(report: Mapping[str, Any]) -> list[Sentence]:
@@ -706,7 +726,7 @@ def flagged_answer(report: Mapping[str, Any], limit: int = 6) -> list[Sentence]:
 
 #: answer builders: each returns the sentences it can state about a report (often none).
 ANSWERS: list[Callable[[Mapping[str, Any]], list[Sentence]]] = [
-    failed_answer, study_answer, toys_answer, stress_answer, sweep_answer, dataset_answer,
+    failed_answer, gate_answer, study_answer, toys_answer, stress_answer, sweep_answer, dataset_answer,
     flagged_answer, sentences_answer,
 ]
 
