@@ -29,7 +29,13 @@ EXPERIMENTS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+#: the slowest quick runs (minutes each on 2 cores): the pool's code path is the one the others
+#: exercise, so CI keeps them out (run with -m slow)
+SLOW = {"toy_decomposition", "paper_toys"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+                                  for n in sorted(EXPERIMENTS)])
 def test_the_process_pool_gives_the_local_numbers(compose_cfg, tmp_path, monkeypatch, name):
     common = [f"experiment={name}", "profile=quick", *EXPERIMENTS[name]]
     run(compose_cfg(*common, f"store.root={tmp_path / 'local'}", run_dir=tmp_path / "l"))

@@ -83,8 +83,29 @@ def test_outcomes_of_classifiers_and_of_losses():
     # a loss exactly at the threshold is correct and binned with the correct ones
     at = outcome_arrays({}, {}, np.array([0.5, 0.500001]), fixed)
     assert at.correct.tolist() == [True, False] and at.labels[0] != at.labels[1]
-    with pytest.raises(StabilityError, match="kind must be auto, label or loss"):
+    with pytest.raises(StabilityError, match="kind must be auto, label, loss or detected"):
         OutcomeSpec.from_config({"kind": "boxes"}, "analysis.outcomes.car")
+
+
+def test_detected_outcomes_ask_the_detector_at_the_declared_iou():
+    class Detector:
+        def __init__(self):
+            self.asked = []
+
+        def detected(self, predictions, targets, min_overlap):
+            self.asked.append(min_overlap)
+            return np.array([True, False, True])
+
+    det = Detector()
+    spec = OutcomeSpec.from_config({"kind": "detected", "iou": 0.25}, "flips.outcomes.pedestrian")
+    out = outcome_arrays({}, {}, np.array([0.1, 0.9, 0.4]), resolve_spec(spec, {}, {}, None), node=det)
+    assert det.asked == [0.25] and out.correct.tolist() == [True, False, True] and out.kind == "detected"
+    with pytest.raises(StabilityError, match="3 items for 2 per-sample losses"):
+        outcome_arrays({}, {}, np.array([0.1, 0.9]), spec, node=det)
+    with pytest.raises(StabilityError, match="needs a detector node"):
+        outcome_arrays({}, {}, None, spec, node=object())
+    with pytest.raises(StabilityError, match="iou"):
+        OutcomeSpec.from_config({"kind": "detected"}, "flips.outcomes.car")
 
 
 def test_enrichment_finds_the_planted_attribute():
