@@ -1,5 +1,6 @@
-"""The paper's illustrative experiments on digits: the sources' splits and label noise, and the
-paper_toys experiment end to end on one experiment (quick profile)."""
+"""The paper's illustrative experiments on the street-digits world: the splits, knobs and label
+noise follow the paper's scheme; the ConvNet upstream keeps the node contract; every experiment
+runs end to end (quick profile) and writes its report, figure and results table."""
 
 from __future__ import annotations
 
@@ -9,83 +10,216 @@ import numpy as np
 import pytest
 
 from entangle.cli import run
-from entangle.data.paper_digits import SETUPS, PaperDigitsSource, flip_labels
+from entangle.data.paper_digits import (COARSE_ONE, DIGITS, SETUPS, SLICES, PaperDigitsSource,
+                                        difficulty, dirty_values, flip_labels)
+from entangle.data.street_digits import ATTRIBUTE_NAMES
+from entangle.models.convnet import ConvNet, ConvNetNode, knn_error
+from entangle.stats import IMPROVED, WORSE, self_defeating
+from entangle.testing import check_node
 
 SPLITS = ("up_train", "up_test", "train", "large", "test")
+SIZES = {"up_val": 20, "up_pool": 120, "up_test": 40, "train": 30, "large": 50, "test": 40}
+
+
+def _source(setup: str, **kw) -> PaperDigitsSource:
+    return PaperDigitsSource(setup=setup, sizes=SIZES, disk_cache=False, **kw)
 
 
 @pytest.mark.parametrize("setup", SETUPS)
-def test_splits_are_disjoint_and_hold_the_setups_classes(setup):
-    src = PaperDigitsSource(setup=setup)
+def test_splits_hold_the_setups_digits_sizes_and_validation_rows(setup):
+    src = _source(setup)
     data = {s: src.load(s, 0) for s in SPLITS}
-    rows = np.concatenate(list(src._indices(0).values()))
-    assert len(rows) == len(np.unique(rows))                 # no image in two splits
-    kept = {"loss_function": {1, 3, 7, 9}, "entanglement": {1, 6, 7}}.get(setup, set(range(10)))
+    up_digits, down_digits = DIGITS[setup]
     for s in SPLITS:
-        assert set(np.unique(data[s]["digit"])) <= kept
-    if setup == "data_distribution":   # the downstream sees only the two digits it separates
-        for s in ("train", "large", "test"):
-            assert set(np.unique(data[s]["digit"])) == {1, 7}
-            assert set(np.unique(data[s]["pair"])) == {0, 1}
-        assert set(np.unique(data["up_train"]["digit"])) == set(range(10))
-    assert len(data["large"]["digit"]) > 2 * len(data["train"]["digit"])
-    again = src.load("train", 0)
-    assert np.array_equal(again["x"], data["train"]["x"])
-    assert not np.array_equal(src.load("train", 1)["digit"], data["train"]["digit"])  # seeds resample
+        assert set(np.unique(data[s]["digit"])) == set(up_digits if s.startswith("up_") else down_digits)
+        assert data[s]["image"].shape[1:] == (32, 32, 3)
+        assert set(data[s]) == set(src.output_kinds)
+    up = data["up_train"]
+    assert len(up["digit"]) == SIZES["up_val"] + SIZES["up_pool"]
+    # the validation rows come first, then the pool; no other split holds validation rows
+    assert up["holdout"].tolist() == [1] * SIZES["up_val"] + [0] * SIZES["up_pool"]
+    assert all(data[s]["holdout"].sum() == 0 for s in SPLITS[1:])
+    assert len(data["large"]["digit"]) == SIZES["large"]
+    # every split is its own stream of the world: no image twice
+    seen = [img.tobytes() for s in SPLITS for img in data[s]["image"]]
+    assert len(seen) == len(set(seen))
+    # study seeds are worlds of their own; a fixed data_seed pins the world
+    assert not np.array_equal(src.load("test", 1)["image"], data["test"]["image"])
+    fixed = _source(setup, data_seed=5)
+    np.testing.assert_array_equal(fixed.load("test", 0)["image"], fixed.load("test", 3)["image"])
+    assert fixed.uses_seed is False and src.uses_seed is True
 
 
-def test_loss_function_noise_swaps_half_of_each_pair_after_the_clean_fifth():
-    src = PaperDigitsSource(setup="loss_function")
+def test_data_distribution_labels_are_the_papers_maps():
+    d = _source("data_distribution").load("up_train", 0)
+    np.testing.assert_array_equal(d["coarse"], np.isin(d["digit"], COARSE_ONE).astype(int))
+    assert set(COARSE_ONE) == {6, 2, 3, 5, 8}
+    down = _source("data_distribution").load("train", 0)
+    np.testing.assert_array_equal(down["pair"], (down["digit"] == 7).astype(int))
+
+
+def test_loss_function_dirty_slices_swap_exactly_half_of_each_pair():
+    src = PaperDigitsSource(setup="loss_function", disk_cache=False,
+                            sizes={**SIZES, "up_pool": 400})
     d = src.load("up_train", 3)
-    clean = int(round(0.2 * len(d["digit"])))
-    assert np.array_equal(d["value"][:clean], d["value_clean"][:clean])
-    dirty = slice(clean, None)
-    swapped = d["value"][dirty] != d["value_clean"][dirty]
-    pair13 = np.isin(d["digit"][dirty], (1, 3))
-    assert swapped[pair13].mean() == pytest.approx(0.5, abs=0.02)
-    assert set(np.unique(d["value"][dirty][swapped & pair13] + d["value_clean"][dirty][swapped & pair13])) == {4.0}
-    assert np.array_equal(src.load("test", 3)["value"], src.load("test", 3)["value_clean"])
-    none = PaperDigitsSource(setup="loss_function", dirty_share=0.0).load("up_train", 3)
-    assert np.array_equal(none["value"], none["value_clean"])
+    pool = d["holdout"] == 0
+    value, clean, digit = d["value"][pool], d["value_clean"][pool], d["digit"][pool]
+    np.testing.assert_array_equal(d["value"][~pool], d["value_clean"][~pool])  # clean validation
+    n = len(digit)
+    for k in range(SLICES):
+        rows = slice(k * n // SLICES, (k + 1) * n // SLICES)
+        swapped = value[rows] != clean[rows]
+        for a, b in ((1, 3), (7, 9)):
+            members = np.isin(digit[rows], (a, b))
+            expect = 0 if k == 0 else members.sum() // 2    # the first tenth is clean
+            assert swapped[members].sum() == expect, (k, a, b)
+            # a swap maps a to b and b to a: y -> a + b - y
+            np.testing.assert_array_equal(value[rows][swapped & members], a + b - clean[rows][swapped & members])
+    # the slices' swaps are drawn per slice: a longer pool adds slices, it never redraws one
+    np.testing.assert_array_equal(dirty_values(digit, 3), value)
+    for s in ("up_test", "train", "large", "test"):
+        other = src.load(s, 3)
+        np.testing.assert_array_equal(other["value"], other["value_clean"])
+        assert set(np.unique(other["cls"])) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="multiple of 10"):
+        PaperDigitsSource(setup="loss_function", sizes={**SIZES, "up_pool": 123})
 
 
-def test_flip_labels_swaps_one_and_seven_on_the_hardest_samples():
-    digit = np.array([1, 7, 6, 1, 7, 6])
-    rank = np.array([0.1, 0.2, 0.0, 0.9, 0.45, 2.0])
-    assert flip_labels(digit, rank, noise=0.0, positive=1).tolist() == [1, 0, 0, 1, 0, 0]
-    # noise 0.5 flips ranks below 0.25: the first 1 and the first 7 (a 6 never changes)
-    assert flip_labels(digit, rank, noise=0.5, positive=1).tolist() == [0, 1, 0, 1, 0, 0]
-    assert flip_labels(digit, rank, noise=0.5, positive=7).tolist() == [1, 0, 0, 0, 1, 0]
-    src = PaperDigitsSource(setup="entanglement")
-    up = src.load("up_train", 0)
-    ones_sevens = np.isin(up["digit"], (1, 7))
-    assert (up["rank"][ones_sevens] < 1).all() and (up["rank"][~ones_sevens] == 2).all()
-    assert (src.load("test", 0)["rank"] == 2).all()
+def test_flip_labels_swaps_one_and_seven_in_the_fixed_order():
+    digit = np.array([1, 7, 6, 1, 7, 6, 1, 7])
+    order = np.array([0, 1, -1, 2, 3, -1, -1, 4])   # five ranked rows; -1 never swaps
+    assert flip_labels(digit, order, noise=0.0, positive=1).tolist() == [1, 0, 0, 1, 0, 0, 1, 0]
+    # noise 0.8 swaps int(0.5 * 0.8 * 5) = 2 rows: ranks 0 and 1
+    assert flip_labels(digit, order, noise=0.8, positive=1).tolist() == [0, 1, 0, 1, 0, 0, 1, 0]
+    assert flip_labels(digit, order, noise=0.8, positive=7).tolist() == [1, 0, 0, 0, 1, 0, 0, 1]
+    # noise 1.0: int(2.5) = 2 rows, the paper's int(0.5 p n)
+    assert flip_labels(digit, order, noise=1.0, positive=1).sum() == 3
 
 
-def test_paper_toys_entanglement_quick(compose_cfg, tmp_path):
-    cfg = compose_cfg("experiment=paper_toys", "profile=quick", "seeds=[0,1]",
-                      "run_experiments=[entanglement]", f"store.root={tmp_path / 'store'}",
-                      run_dir=tmp_path / "run")
+def test_entanglement_order_ranks_the_pools_ones_and_sevens_by_difficulty():
+    src = _source("entanglement")
+    d = src.load("up_train", 0)
+    pool = d["holdout"] == 0
+    ranked = d["order"] >= 0
+    np.testing.assert_array_equal(ranked, pool & np.isin(d["digit"], (1, 7)))
+    assert sorted(d["order"][ranked].tolist()) == list(range(ranked.sum()))
+    hard = difficulty(d["attributes"][ranked])
+    by_order = hard[np.argsort(d["order"][ranked])]
+    assert np.all(np.diff(by_order) <= 1e-12)          # hardest first
+    # the hardest rows are the low-contrast, blurred, noisy ones
+    contrast = d["attributes"][ranked][:, ATTRIBUTE_NAMES.index("contrast")]
+    top = d["order"][ranked] < ranked.sum() // 2
+    assert contrast[top].mean() < contrast[~top].mean()
+    assert (src.load("test", 0)["order"] == -1).all()   # only the training pool is ever swapped
+    # both upstreams' labels swap the same rows
+    l1 = flip_labels(d["digit"], d["order"], noise=1.0, positive=1)
+    l7 = flip_labels(d["digit"], d["order"], noise=1.0, positive=7)
+    swapped = (l1 != (d["digit"] == 1))
+    np.testing.assert_array_equal(swapped, l7 != (d["digit"] == 7))
+    assert swapped.sum() == int(0.5 * ranked.sum())
+
+
+def test_difficulty_orders_by_the_latents():
+    table = np.zeros((3, len(ATTRIBUTE_NAMES)), np.float32)
+    col = {n: ATTRIBUTE_NAMES.index(n) for n in ATTRIBUTE_NAMES}
+    for i, (c, blur) in enumerate(((0.6, 0.2), (0.3, 0.8), (0.1, 1.4))):
+        table[i, col["contrast"]], table[i, col["blur"]] = c, blur
+        table[i, col["scale"]] = table[i, col["resolution"]] = 1.0 - 0.1 * i
+        table[i, col["noise"]], table[i, col["jpeg_quality"]] = 0.01 * i, 90 - 20 * i
+    assert np.argsort(-difficulty(table)).tolist() == [2, 1, 0]
+
+
+def test_svhn_folder_is_a_drop_in(tmp_path):
+    from scipy.io import savemat
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 2000), ("test", 400)):
+        X = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = (np.arange(n) % 10 + 1).reshape(-1, 1).astype(np.uint8)  # 10 is the digit 0
+        savemat(tmp_path / f"{name}_32x32.mat", {"X": X, "y": y})
+    src = PaperDigitsSource(setup="data_distribution", sizes=SIZES, svhn_root=str(tmp_path))
+    data = {s: src.load(s, 0) for s in SPLITS}
+    assert set(np.unique(data["train"]["digit"])) == {1, 7} and len(data["train"]["digit"]) == 30
+    assert set(np.unique(data["up_train"]["digit"])) == set(range(10))
+    train_rows = np.concatenate([data[s]["index"] for s in SPLITS if s != "test"])
+    assert len(train_rows) == len(np.unique(train_rows))  # disjoint rows of the train file
+    assert np.isnan(data["train"]["attributes"]).all()
+    ent = PaperDigitsSource(setup="entanglement", sizes=SIZES, svhn_root=str(tmp_path)).load("up_train", 0)
+    assert sorted(ent["order"][ent["order"] >= 0].tolist()) == list(range(int(np.isin(
+        ent["digit"][ent["holdout"] == 0], (1, 7)).sum())))
+
+
+def test_convnet_trunk_gives_the_papers_512_features():
+    import torch
+    net = ConvNet(10)
+    out, feat = net(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 10) and feat.shape == (2, 512) and net.feat_dim == 512
+    deep = ConvNet(10, hidden=(512, 256, 128, 64))
+    assert [m.out_features for m in deep.head.body if hasattr(m, "out_features")] == [512, 256, 128, 64]
+    assert ConvNet(3, size=24).feat_dim == 32 * 3 * 3
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_convnet_node_keeps_the_contract(task):
+    d = _source("loss_function").load("up_train", 0)
+    y = d["digit"] if task == "classification" else d["value"]
+    node = ConvNetNode(task=task, steps=6, evals=3, batch_size=16, device="cpu", subsample=0.5,
+                       features=task == "classification")
+    preds = check_node(node, {"image": d["image"], "holdout": d["holdout"]}, {"y": y},
+                       eval_inputs={"image": d["image"][:30]}, eval_targets={"y": y[:30]})
+    assert preds["pred"].shape == (30,)
+    if task == "classification":
+        assert preds["feat"].shape == (30, 512) and preds["feat"].dtype == np.float32
+        assert set(node.clone().fit({"image": d["image"]}, {"y": y}, seed=0).classes_) == {1, 3, 7, 9}
+    fitted = node.clone().fit({"image": d["image"], "holdout": d["holdout"]}, {"y": y}, seed=0)
+    # the knob's share of the pool, in the source's order; validation rows are never trained on
+    assert fitted.n_train_ == round(0.5 * SIZES["up_pool"])
+    assert 0 <= fitted.best_epoch_ < 3
+
+
+def test_knn_error_is_the_papers_nearest_neighbour_protocol():
+    feat = np.array([[1.0, 0.0], [0.0, 1.0]] * 20)
+    assert knn_error(feat, np.array([0, 1] * 20)) == 0.0       # labels follow the features
+    assert knn_error(feat, np.array([0] * 20 + [1] * 20)) > 0.2  # labels unrelated to them
+
+
+@pytest.mark.parametrize("name", ["loss_function", "data_distribution", "hypothesis_space", "entanglement"])
+def test_each_experiment_runs_end_to_end_quick(compose_cfg, tmp_path, name):
+    cfg = compose_cfg("experiment=paper_toys", "profile=quick", "seeds=[0,1]", f"run_experiments=[{name}]",
+                      f"store.root={tmp_path / 'store'}", run_dir=tmp_path / "run")
     run(cfg)
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     (exp,) = report["experiments"]
-    assert exp["name"] == "entanglement" and exp["knob"]["values"] == [1.0, 0.0]
-    assert set(exp["upstream"]["error"]) == {"up1", "up7"}
-    for u in ("up1", "up7"):
-        assert len(exp["upstream"]["error"][u]) == 2
-        assert all(0 <= e["mean"] <= 1 for e in exp["upstream"]["error"][u])
-    assert len(exp["downstream"]["error"]) == 2 and exp["downstream"]["loss"] == "log loss"
+    assert exp["name"] == name and len(exp["knob"]["values"]) == 2
+    judged = exp["upstream"]["nodes"]
+    for u in judged:
+        assert len(exp["upstream"]["error"][u]) == 2 and all(len(e["per_seed"]) == 2
+                                                            for e in exp["upstream"]["error"][u])
+    assert all(0 <= e["mean"] <= 1 for e in exp["downstream"]["error"])
+    assert exp["downstream"]["loss"] == "log loss"
+    (change,) = exp["changes"]
+    # the flag is the one rule applied to the changed upstream's and the downstream's verdicts
+    ups = [change["upstream"][u]["verdict"] for u in exp["changed"]]
+    assert change["self_defeating"] == self_defeating(ups, change["downstream"]["verdict"])
+    assert set(ups + [change["downstream"]["verdict"]]) <= {IMPROVED, WORSE, "noise"}
+    d = change["deltas"]
+    assert d["total"]["mean"] == pytest.approx(
+        d["upstream"]["mean"] + d["approximation"]["mean"] + d["estimation"]["mean"], abs=1e-9)
+    assert change["dominant_term"] in d and change["detectable"]["downstream"]["detectable"] > 0
     for dec in exp["decomposition"]:
         t = dec["terms"]
-        assert {"upstream", "approximation", "estimation", "upstream:up1", "upstream:up7",
-                "compatibility"} <= set(t)
-        assert t["upstream"]["mean"] == pytest.approx(
-            t["upstream:up1"]["mean"] + t["upstream:up7"]["mean"] + t["compatibility"]["mean"])
-    (change,) = exp["changes"]
-    # the knob changes the two label nodes: the upstream delta splits into them and compatibility
-    assert {"upstream:labels1", "upstream:labels7", "compatibility"} <= set(change["deltas"])
-    assert change["dominant"] in {"upstream", "approximation", "estimation", "compatibility"}
-    assert set(change["upstream_verdicts"]) == {"up1", "up7"}
-    assert change["sentence"].startswith("Improving 'labels1' and 'labels7'")
-    assert (tmp_path / "run" / "paper_toys_entanglement.png").stat().st_size > 10_000
+        if name == "entanglement":   # two upstreams: each one's part and their compatibility
+            assert t["upstream"]["mean"] == pytest.approx(
+                t["upstream:up1"]["mean"] + t["upstream:up2"]["mean"] + t["compatibility"]["mean"])
+    if name == "entanglement":
+        assert exp["changed"] == ["up1"] and set(judged) == {"up1", "up2"}
+        assert {"upstream:up1", "upstream:up2", "compatibility"} <= set(d)
+        # upstream 2 is not retrained by the knob: the same fit at both knob values
+        assert change["upstream"]["up2"]["old"] == change["upstream"]["up2"]["new"]
+        assert set(exp["mechanism_check"][0]) >= {"up1_error", "up2_error", "both_err", "neither"}
+    if name == "loss_function":
+        assert set(exp["mechanism_check"][0]["mean_output"]) == {"1", "3", "7", "9"}
+    if name in ("data_distribution", "hypothesis_space"):
+        assert "knn_error" in exp["upstream"]["metrics"]["upstream"][0]
+    assert (tmp_path / "run" / f"paper_toys_{name}.png").stat().st_size > 10_000
+    table = (tmp_path / "run" / "RESULTS.md").read_text()
+    assert "| Experiment (knob old → new) | Paper's claim |" in table and name.replace("_", " ") in table
