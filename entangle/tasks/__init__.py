@@ -58,45 +58,17 @@ def prepare_output_dir(cfg: DictConfig) -> Path:
     return path
 
 
-def prepare_output_dir(cfg: DictConfig) -> Path:
-    """The run dir, refused when it already holds a report unless ``overwrite=true``; then the
-    old run's files go first (Hydra's ``.hydra/`` of this run and open log files are kept, the
-    logs emptied), so no figure of an old run sits beside the new report."""
-    import shutil
-    path = output_dir(cfg)
-    if not (path / "report.json").exists():
-        return path
-    if not cfg.get("overwrite", False):
-        raise ConfigError(f"the run dir {path} already holds a report (report.json of an earlier run): "
-                          "choose another (hydra.run.dir=DIR) or pass overwrite=true to replace it")
-    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in logging.root.manager.loggerDict)]
-    open_logs = {Path(h.baseFilename).resolve() for lg in loggers
-                 for h in getattr(lg, "handlers", []) if isinstance(h, logging.FileHandler)}
-    for entry in path.iterdir():
-        if entry.name == ".hydra":
-            continue
-        if entry.resolve() in open_logs:
-            with open(entry, "r+") as fh:
-                fh.truncate(0)
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    log.info("overwrite=true: removed the earlier run's files from %s", path)
+def write_results(cfg: DictConfig, experiment: str, text: str) -> Path:
+    """RESULTS.md into the run dir and, only when asked (``write_results=true``), into the
+    repository's ``experiments/EXPERIMENT/RESULTS.md``; returns the run dir's copy."""
+    path = output_dir(cfg) / "RESULTS.md"
+    path.write_text(text)
+    if cfg.get("write_results", False):
+        target = Path(__file__).resolve().parents[2] / "experiments" / experiment / "RESULTS.md"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        log.info("results table written to %s", target)
     return path
-
-
-def profile(cfg: DictConfig) -> DictConfig:
-    """The sizes of the chosen profile from the experiment's ``profiles`` block."""
-    name = str(cfg.get("profile", "default"))
-    profiles = cfg.get("profiles")
-    if profiles is None:
-        raise ConfigError(f"experiment {cfg.get('name')!r} defines no `profiles` block")
-    if name not in profiles:
-        raise ConfigError(
-            f"profile={name!r} is not one of {sorted(profiles)} for experiment {cfg.get('name')!r}")
-    return profiles[name]
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -15,7 +15,6 @@ import logging
 import os
 import platform
 import time
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +23,7 @@ from entangle.analysis import case_study as cs
 from entangle.compare import attach_explanations, improvement, summary_lines
 from entangle.decompose import decomposition
 from entangle.study import ConfigError, Study
-from entangle.tasks import output_dir
+from entangle.tasks import output_dir, write_results
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +73,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     report["machine"] = {"platform": platform.platform(), "python": platform.python_version(),
                          "cpus": os.cpu_count(), "load": round(os.getloadavg()[0], 1)}
     report["wall_time_s"] = round(time.perf_counter() - start, 1)
-    results = results_markdown(report)
-    (out / "RESULTS.md").write_text(results)
-    if cfg.get("write_results", False):
-        target = Path(__file__).resolve().parents[2] / "experiments" / "fixes_that_fail" / "RESULTS.md"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(results)
-        log.info("results table written to %s", target)
+    write_results(cfg, "fixes_that_fail", results_markdown(report))
     for line in summary_lines(report):
         log.info(line)
     return report

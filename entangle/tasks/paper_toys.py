@@ -34,7 +34,7 @@ from entangle.decompose import Estimators, decompose, decompose_change, dominant
 from entangle.stats import detectable_effect, interval, seeds_needed
 from entangle.study import ConfigError, Study, executor_from_config, seeds_from_config, store_from_config
 from entangle.system import System
-from entangle.tasks import output_dir
+from entangle.tasks import output_dir, write_results
 from entangle.tasks.toy_decomposition import stack_terms
 
 log = logging.getLogger(__name__)
@@ -605,13 +605,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           "executor": type(executor).__name__,
                           "load_end": " / ".join(f"{v:.2f}" for v in os.getloadavg())},
               "wall_time_s": round(time.perf_counter() - start, 1)}
-    results_md = results_markdown(report)
-    (Path(out) / "RESULTS.md").write_text(results_md)
-    if cfg.get("write_results", False):
-        target = Path(__file__).resolve().parents[2] / "experiments" / "paper_toys" / "RESULTS.md"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(results_md)
-        log.info("results table written to %s", target)
+    write_results(cfg, "paper_toys", results_markdown(report))
     for line in summary_lines(report):
         log.info(line)
     return report
