@@ -24,11 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from entangle.models.mlp import MLP
+from entangle.models.heads import TASKS, SupervisedHead
 from entangle.node import BaseNode, NotFittedError, _one_target
 
 log = logging.getLogger(__name__)
 
-TASKS = ("classification", "regression")
 #: how many rows :meth:`ConvNetNode.predict` pushes through the network at a time
 PREDICT_BATCH = 1024
 #: queries and references of the nearest-neighbour error at most (the paper's protocol on a split)
@@ -82,7 +82,7 @@ def knn_error(feat: np.ndarray, y: np.ndarray, rows: int = KNN_ROWS) -> float:
     return float(np.mean(np.asarray(y)[nearest] != np.asarray(y)[query]))
 
 
-class ConvNetNode(BaseNode):
+class ConvNetNode(SupervisedHead, BaseNode):
     """The paper's ConvNet on colour images: a classifier or a regressor, with its features.
 
     Parameters
@@ -145,14 +145,6 @@ class ConvNetNode(BaseNode):
         if self.features:
             out["feat"] = "array"
         return out
-
-    @property
-    def metric(self) -> str:  # type: ignore[override]
-        return "accuracy" if self.task == "classification" else "mse"
-
-    @property
-    def higher_is_better(self) -> bool:  # type: ignore[override]
-        return self.task == "classification"
 
     # -- fitting ----------------------------------------------------------------------------
     def _tensor(self, images: np.ndarray) -> torch.Tensor:
@@ -261,56 +253,25 @@ class ConvNetNode(BaseNode):
 
     def predict(self, inputs):
         out, feat = self._forward(np.asarray(inputs["image"]))
-        result: dict[str, Any] = {}
-        if self.task == "classification":
-            z = out - out.max(axis=1, keepdims=True)
-            proba = np.exp(z)
-            proba /= proba.sum(axis=1, keepdims=True)                  # (N, classes)
-            result = {"pred": self.classes_[proba.argmax(axis=1)], "proba": proba}
-        else:
-            result = {"pred": out[:, 0] * self.y_scale_ + self.y_mean_}  # (N,)
+        result = self._outputs(out)
         if self.features:
             result["feat"] = feat.astype(np.float32)                    # (N, feat_dim)
         return result
 
-    def loss(self, predictions, targets):
-        y = np.asarray(_one_target(targets, type(self).__name__))
-        if self.task == "classification":
-            idx = np.clip(np.searchsorted(self.classes_, y), 0, len(self.classes_) - 1)
-            known = self.classes_[idx] == y
-            p = np.asarray(predictions["proba"])[np.arange(len(y)), idx]
-            return -np.log(np.clip(np.where(known, p, 0.0), 1e-12, 1.0))
-        d = np.asarray(predictions["pred"], dtype=np.float64) - y.astype(np.float64)
-        return d * d
-
-    def score(self, predictions, targets):
-        y = np.asarray(_one_target(targets, type(self).__name__))
-        per = self.loss(predictions, targets)
-        if self.task == "classification":
-            scores = {"accuracy": float(np.mean(np.asarray(predictions["pred"]) == y)),
-                      "log_loss": float(np.mean(per))}
-            if "feat" in predictions:   # the paper's upstream loss on features
-                scores["knn_error"] = knn_error(predictions["feat"], y)
-            return scores
-        return {"mse": float(np.mean(per))}
+    def _extra_scores(self, predictions, y):
+        # the paper's upstream loss on features: the 1-nearest-neighbour error of ``feat``
+        return {"knn_error": knn_error(predictions["feat"], y)} if "feat" in predictions else {}
 
     # -- state ------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {f"module.{k}": v.detach().cpu() for k, v in self.module_.state_dict().items()}
         state.update({"mean_": self.mean_, "scale_": self.scale_, "size_": self.size_,
                       "out_features_": self.out_features_, "n_train_": self.n_train_,
-                      "best_epoch_": self.best_epoch_})
-        if self.task == "classification":
-            state["classes_"] = self.classes_
-        else:
-            state.update({"y_mean_": self.y_mean_, "y_scale_": self.y_scale_})
+                      "best_epoch_": self.best_epoch_, **self._head_state()})
         return state
 
     def load_state_dict(self, state):
-        for k, v in state.items():
-            if not k.startswith("module."):
-                v = np.asarray(v)
-                setattr(self, k, v.item() if v.ndim == 0 else v)
+        self._restore_attributes(state)
         self.mean_ = np.asarray(self.mean_, dtype=np.float32)
         self.scale_ = np.asarray(self.scale_, dtype=np.float32)
         net = self._build(int(self.size_), int(self.out_features_))

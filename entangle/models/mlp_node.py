@@ -14,11 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from entangle.models.heads import TASKS, SupervisedHead
 from entangle.node import BaseNode, NotFittedError, _one_target, _stack_inputs
 
 log = logging.getLogger(__name__)
 
-TASKS = ("regression", "classification")
 
 
 def _build(in_features: int, hidden: Sequence[int], out_features: int, skip: bool):
@@ -27,7 +27,7 @@ def _build(in_features: int, hidden: Sequence[int], out_features: int, skip: boo
     return MLP(in_features, list(hidden), out_features, skip=skip, with_features=True)
 
 
-class MLPNode(BaseNode):
+class MLPNode(SupervisedHead, BaseNode):
     """An MLP on standardized inputs, trained with Adam and early stopping on a held-out share.
 
     Parameters
@@ -83,14 +83,6 @@ class MLPNode(BaseNode):
         if self.task == "classification":
             out["proba"] = "array"
         return out
-
-    @property
-    def metric(self) -> str:  # type: ignore[override]
-        return "accuracy" if self.task == "classification" else "mse"
-
-    @property
-    def higher_is_better(self) -> bool:  # type: ignore[override]
-        return self.task == "classification"
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, inputs, targets, *, seed):
@@ -160,51 +152,18 @@ class MLPNode(BaseNode):
 
     def predict(self, inputs):
         out, feat = self._forward(inputs)
-        if self.task == "classification":
-            z = out - out.max(axis=1, keepdims=True)
-            proba = np.exp(z)
-            proba /= proba.sum(axis=1, keepdims=True)
-            return {"pred": self.classes_[proba.argmax(axis=1)], "proba": proba, "feat": feat}
-        pred = out * self.y_scale_ + self.y_mean_
-        return {"pred": pred[:, 0] if pred.shape[1] == 1 else pred, "feat": feat}
-
-    def loss(self, predictions, targets):
-        y = _one_target(targets, type(self).__name__)
-        if self.task == "classification":
-            idx = np.searchsorted(self.classes_, y)
-            idx = np.clip(idx, 0, len(self.classes_) - 1)
-            known = self.classes_[idx] == y
-            p = np.asarray(predictions["proba"])[np.arange(len(y)), idx]
-            return -np.log(np.clip(np.where(known, p, 0.0), 1e-12, 1.0))
-        d = np.asarray(predictions["pred"], dtype=np.float64).reshape(len(y), -1) - \
-            np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-        return (d ** 2).sum(axis=1)
-
-    def score(self, predictions, targets):
-        y = _one_target(targets, type(self).__name__)
-        per = self.loss(predictions, targets)
-        if self.task == "classification":
-            return {"accuracy": float(np.mean(np.asarray(predictions["pred"]) == y)),
-                    "log_loss": float(np.mean(per))}
-        return {"mse": float(np.mean(per))}
+        return {**self._outputs(out), "feat": feat}
 
     # -- state --------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {f"module.{k}": v.detach().cpu() for k, v in self.module_.state_dict().items()}
         state.update({"x_mean_": self.x_mean_, "x_scale_": self.x_scale_,
                       "in_features_": self.in_features_, "out_features_": self.out_features_,
-                      "epochs_run_": self.epochs_run_})
-        if self.task == "classification":
-            state["classes_"] = self.classes_
-        else:
-            state.update({"y_mean_": self.y_mean_, "y_scale_": self.y_scale_})
+                      "epochs_run_": self.epochs_run_, **self._head_state()})
         return state
 
     def load_state_dict(self, state):
-        for k, v in state.items():
-            if not k.startswith("module."):
-                v = np.asarray(v)
-                setattr(self, k, v.item() if v.ndim == 0 else v)
+        self._restore_attributes(state)
         net = _build(int(self.in_features_), list(self.hidden), int(self.out_features_), bool(self.skip))
         net.load_state_dict({k[len("module."):]: v for k, v in state.items() if k.startswith("module.")})
         self.module_ = net.eval()
