@@ -4,7 +4,7 @@ Each experiment that fits systems runs its quick profile twice, into two fresh s
 local executor and with ``executor=processes`` (two worker processes, one torch thread each, as
 the local run here), where fitting in the main process is made to fail. The reports must agree
 number for number, and the stores hold the same fits: an analysis that fitted outside the
-study's executor would fail here. The case study's parity run is its fresh-store test
+study's executor would fail here. The case study's parity run is its (slow-marked) fresh-store test
 (tests/test_fixes_that_fail.py), which shares its local run with the rest of that module.
 """
 
@@ -29,9 +29,9 @@ EXPERIMENTS = {
 }
 
 
-#: the slowest quick runs (minutes each on 2 cores): the pool's code path is the one the others
-#: exercise, so CI keeps them out (run with -m slow)
-SLOW = {"toy_decomposition", "paper_toys"}
+#: the slowest quick runs (one to several minutes each on 2 cores): the pool's code path is the
+#: one the others exercise, so CI keeps them out (run with -m slow)
+SLOW = {"toy_decomposition", "paper_toys", "instability"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n

@@ -99,6 +99,8 @@ def test_rerun_is_served_from_the_store(quick, compose_cfg_module):
     assert again["references"] == first["references"]
 
 
+@pytest.mark.slow   # a second full quick run (about a minute); the pool's parity is in CI through
+                    # tests/test_executor_parity.py
 def test_fresh_store_on_the_process_pool_gives_the_same_numbers(quick, compose_cfg_module, tmp_path,
                                                                  monkeypatch):
     """Determinism on CPU, and the executor everywhere: the same command on an empty store, run
