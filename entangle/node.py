@@ -206,8 +206,16 @@ class Source(BaseNode):
     depend on the seed should ignore it; its ``get_params`` still enters every cache key below.
     """
 
-    #: whether ``load`` depends on the seed (True: a study's seeds also resample the data).
-    uses_seed: ClassVar[bool] = True
+    @property
+    def uses_seed(self) -> bool:
+        """Whether ``load`` depends on the study's seed (True: its seeds also resample the data).
+
+        By default a source with a ``data_seed`` parameter uses the study's seed only when
+        ``data_seed`` is None (a fixed one gives the same data, so one key, for every seed); a
+        source without one uses it. Sources whose data never (or always) depend on the seed set
+        ``uses_seed = False`` (or True) as a class attribute.
+        """
+        return getattr(self, "data_seed", None) is None
 
     @property
     def is_source(self) -> bool:

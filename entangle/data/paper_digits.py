@@ -167,9 +167,6 @@ class PaperDigitsSource(Source):
             raise ValueError(f"PaperDigitsSource(loss_function): up_pool must be a multiple of "
                              f"{SLICES} (its slices), got {sizes['up_pool']}")
 
-    @property
-    def uses_seed(self) -> bool:  # type: ignore[override]
-        return self.data_seed is None
 
     @property
     def output_kinds(self) -> dict[str, str]:  # type: ignore[override]

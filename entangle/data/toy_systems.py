@@ -124,10 +124,6 @@ class LinearGaussianSource(Source):
         return self.noise(name) ** 2
 
     # -- sampling --------------------------------------------------------------------------------
-    @property
-    def uses_seed(self) -> bool:  # type: ignore[override]
-        """With a fixed ``data_seed`` the data are the same for every study seed (one key)."""
-        return self.data_seed is None
 
     def load(self, split: str, seed: int) -> dict[str, np.ndarray]:
         sizes = dict(self.sizes or {"train": 1000, "test": 1000})
