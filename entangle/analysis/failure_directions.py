@@ -210,15 +210,23 @@ def _class_flips(run, acfg: Mapping, F: dict, err: dict, fit_s: str, eval_s: str
     except TooFewErrorsError as e:
         out["error"] = str(e)
         return out
-    right = re_ & ~err[eval_s][0]
-    flips_e = negative_flips(*err[eval_s])
-    scores = d.decision(F[eval_s][right])
-    out.update({**d.summary(), "heldout_auroc": d.auroc(F[eval_s][right], flips_e[right])})
+    out.update(_held_out(d, run, acfg, F[eval_s], negative_flips(*err[eval_s]), re_ & ~err[eval_s][0],
+                         eval_s, k))
+    return out
+
+
+def _held_out(d: Any, run: Any, acfg: Any, feats: np.ndarray, flips: np.ndarray, right: np.ndarray,
+              split: str, k: int) -> dict[str, Any]:
+    """A fitted flip direction judged on ``split``'s items that were right before (``right``):
+    its held-out AUROC for the negative ``flips``, graded against the planted bug and described
+    by the attributes when the options name them."""
+    scores = d.decision(feats[right])
+    out: dict[str, Any] = {**d.summary(), "heldout_auroc": d.auroc(feats[right], flips[right])}
     if acfg.get("planted"):
-        planted = ref_value(run, str(acfg.planted), eval_s).astype(bool)
-        out["planted"] = grade_direction(scores, planted[right], flips_e[right], k=k)
+        planted = ref_value(run, str(acfg.planted), split).astype(bool)
+        out["planted"] = grade_direction(scores, planted[right], flips[right], k=k)
     if acfg.get("attributes"):
-        attrs = _features(ref_value(run, str(acfg.attributes), eval_s))
+        attrs = _features(ref_value(run, str(acfg.attributes), split))
         out["attributes"] = describe(scores, attrs[right], _attribute_names(run.system, acfg, attrs.shape[1]))
     return out
 
@@ -233,7 +241,6 @@ def flip_directions(study: Any, options: Mapping, *, space: str | None = None,
     figures = out is not None
     seeds_ = list(study.seeds)
     compared = improvement(study)
-    new = study.new
     fit_s, eval_s = str(acfg.fit_split), str(acfg.eval_split)
     node, pred_out = str(acfg.node), str(acfg.get("prediction", "pred"))
     k = int(acfg.get("k", 50))
@@ -256,16 +263,7 @@ def flip_directions(study: Any, options: Mapping, *, space: str | None = None,
             entry["error"] = str(e)
             per_seed.append(entry)
             continue
-        right = ~err[eval_s][0]
-        scores = d.decision(F[eval_s][right])
-        entry.update({**d.summary(), "heldout_auroc": d.auroc(F[eval_s][right], flips_e[right])})
-        if acfg.get("planted"):
-            planted = ref_value(n, str(acfg.planted), eval_s).astype(bool)
-            entry["planted"] = grade_direction(scores, planted[right], flips_e[right], k=k)
-        if acfg.get("attributes"):
-            attrs = _features(ref_value(n, str(acfg.attributes), eval_s))
-            entry["attributes"] = describe(scores, attrs[right],
-                                           _attribute_names(new, acfg, attrs.shape[1]))
+        entry.update(_held_out(d, n, acfg, F[eval_s], flips_e, ~err[eval_s][0], eval_s, k))
         if acfg.get("labels"):
             entry["by_class"] = _class_flips(n, acfg, F, err, fit_s, eval_s, k, seed)
         per_seed.append(entry)
