@@ -133,3 +133,15 @@ def test_case_study_report_in_chromium(quick):
             browser.close()
     assert len(facts["images"]) >= 4
     assert "stereo" in facts["answer"] and "self-defeating" in facts["answer"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("flips.outcomes.car.iou=null", "flips.outcomes.car.iou: kind 'detected' needs the IoU"),
+    ("flips.outcomes.pedestrian.kind=boxes", "flips.outcomes.pedestrian.kind must be auto, label, loss or detected"),
+])
+def test_a_wrong_outcome_is_a_config_error_before_anything_is_fitted(compose_cfg, tmp_path, override, message):
+    from entangle.store import Store
+    from entangle.study import ConfigError
+    with pytest.raises(ConfigError, match=message):
+        run(compose_cfg("experiment=fixes_that_fail", "profile=quick", f"store.root={tmp_path / 's'}", override))
+    assert not list(Store(tmp_path / "s").keys())     # failed before the first fit

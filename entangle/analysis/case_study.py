@@ -133,22 +133,28 @@ def detection_outcomes(study: Any, outcomes: Mapping[str, Sequence[str]], *,
 
 # -- flips ---------------------------------------------------------------------------------------
 
-def flips(study: Any, outcomes: Mapping[str, Any], *, direction_node: str = "pedestrian",
+def outcome_specs(outcomes: Mapping[str, Any], where: str = "flips.outcomes") -> dict[str, Any]:
+    """Each node's :class:`~entangle.analysis.stability.OutcomeSpec` from its config, checked
+    (the task reads them before fitting anything, so a wrong one costs no run)."""
+    from entangle.analysis.stability import OutcomeSpec
+    return {name: OutcomeSpec.from_config(c, where=f"{where}.{name}") for name, c in outcomes.items()}
+
+
+def flips(study: Any, specs: Mapping[str, Any], *, direction_node: str = "pedestrian",
           attribute_source: str = "world") -> dict[str, Any]:
     """Churn of every node (depth loss vs disparity loss, against seed-to-seed churn) and the
     failure direction of ``direction_node``'s negative flips on the world's object attributes.
 
-    ``outcomes`` reads each node's items (for a detector: ``{kind: detected, iou: ...}``: an
+    ``specs`` (:func:`outcome_specs`) reads each node's items (for a detector: ``{kind: detected, iou: ...}``: an
     object is right when a detection finds it at that IoU); the direction pools (object, seed)
     pairs the disparity-loss system got right and asks which of them the depth-loss system lost
     (out-of-fold, so unbiased).
     """
     from entangle.analysis.churn import version_churn
     from entangle.analysis.directions import TooFewErrorsError, describe, fit_flip_direction
-    from entangle.analysis.stability import OutcomeSpec, reference_spec, run_outcomes
+    from entangle.analysis.stability import reference_spec, run_outcomes
     from entangle.data.world_attributes import world_attributes
 
-    specs = {name: OutcomeSpec.from_config(c, where=f"flips.outcomes.{name}") for name, c in outcomes.items()}
     out: dict[str, Any] = {"churn": version_churn(study, nodes=list(specs), specs=specs)}
     split = study.old.eval_split
     if direction_node not in specs:

@@ -26,13 +26,15 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from entangle.study import ConfigError
 from entangle.system import System, parse_ref
 
 log = logging.getLogger(__name__)
 
 
-class StabilityError(ValueError):
-    """An analysis option is wrong (too few runs, unknown node, no labels); the message names it."""
+class StabilityError(ConfigError):
+    """An analysis option is wrong (too few runs, unknown node, no labels); the message names it.
+    A ConfigError, so the command line reports it in one line."""
 
 
 # -- measures on plain arrays ------------------------------------------------------------------

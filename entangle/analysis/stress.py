@@ -26,6 +26,7 @@ import numpy as np
 from entangle.analysis import corruptions as C
 from entangle.analysis.stability import node_attributes, node_targets, source_attributes
 from entangle.node import take
+from entangle.study import ConfigError
 from entangle.system import System, parse_ref
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CORRUPTIONS = tuple(C.CORRUPTIONS)
 
 
-class StressError(ValueError):
+class StressError(ConfigError):
     """A stress option is wrong (unknown image output, bad subpopulation, too few seeds)."""
 
 

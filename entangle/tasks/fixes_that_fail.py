@@ -39,6 +39,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if key not in declared:
             raise ConfigError(f"outcomes.{key} is missing: the case study's outcomes are declared in the "
                               "experiment config before the run")
+    flip_specs = cs.outcome_specs(OmegaConf.to_container(cfg.flips.outcomes, resolve=True)) if cfg.get("flips") else None
     study = Study.from_config(cfg)
     changed, seeds = study.changed, study.seeds
     n_ref = cfg.get("reference_seeds")
@@ -64,8 +65,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             study, nodes={d: cfg.decomposition[d] for d in cs.DETECTORS if d in cfg.decomposition},
             seeds=seeds[:int(n_dec)] if n_dec else None)
         attach_explanations(report, report["decomposition"])
-    if cfg.get("flips"):
-        report["flips"] = cs.flips(study, OmegaConf.to_container(cfg.flips.outcomes, resolve=True))
+    if flip_specs is not None:
+        report["flips"] = cs.flips(study, flip_specs)
     report["store"] = {**study.store.stats.as_dict(), "root": str(study.store.root)}
 
     out = output_dir(cfg)
