@@ -21,9 +21,11 @@ nothing:
 
 With several upstreams the upstream error splits into each upstream's own part (only that
 upstream real, the others oracles) and an interaction, the *upstream compatibility error*.
-An improvement ``u → u'`` is decomposed into the paired per-seed deltas of every term; with
-several changed upstreams the upstream delta splits by swapping one upstream at a time
-(``L*`` at (u1',u2), (u1,u2')) and the rest is the compatibility delta.
+An improvement ``u → u'`` (one changed upstream or several) is decomposed into the paired
+per-seed deltas of every term, the per-upstream parts and compatibility included: each delta is
+the new system's level minus the old one's, seed by seed (:func:`change_deltas`). When every
+oracle carries full information (the oracle of the other upstreams alone determines the target),
+each upstream's own part is 0 by construction and compatibility is the whole upstream term.
 
 >>> from entangle.data.toy_systems import LinearGaussianSource
 >>> from entangle.node import SklearnNode
@@ -153,6 +155,18 @@ def estimators_by_node(cfg: Mapping[str, Any] | None) -> dict[str, Estimators]:
     return {str(name): (v if isinstance(v, Estimators) else
                         Estimators.from_config(v, where=f"decomposition.{name}"))
             for name, v in dict(cfg).items()}
+
+
+def check_decomposition(system: System, cfg: Mapping[str, Any] | None) -> dict[str, Estimators]:
+    """:func:`estimators_by_node` of a ``decomposition`` block, each checked against ``system``
+    (node, fields, splits, oracles) so a wrong one is refused before anything is fitted."""
+    out = estimators_by_node(cfg)
+    for name, est in out.items():
+        try:
+            _check(system, name, est)
+        except DecompositionError as err:
+            raise DecompositionError(f"decomposition.{name}: {err}") from None
+    return out
 
 
 def default_reference(node: BaseNode) -> BaseNode:
@@ -529,8 +543,29 @@ def _mechanism(term: str) -> str:
     return "upstream" if term.startswith("upstream") else term
 
 
+def change_deltas(old: Decomposition, new: Decomposition) -> dict[str, np.ndarray]:
+    """Every term's paired per-seed delta, new level minus old level, with the total.
+
+    The terms are the same on both sides (the same downstream, upstreams and estimators), so
+    the deltas add up as the levels do: ``total = upstream + approximation + estimation`` and,
+    with several upstreams and their oracles, ``upstream = Σ upstream:NAME + compatibility``.
+    """
+    if old.seeds != new.seeds:
+        raise DecompositionError(f"old and new decompositions must pair seeds: {old.seeds} vs {new.seeds}")
+    if set(old.terms) != set(new.terms):
+        raise DecompositionError(f"old and new decompositions of {old.downstream!r} have different terms: "
+                                 f"{sorted(old.terms)} vs {sorted(new.terms)}")
+    deltas = {"total": new.values["L(v̂∘u)"] - old.values["L(v̂∘u)"]}
+    deltas.update({k: np.asarray(new.terms[k]) - np.asarray(old.terms[k]) for k in old.terms})
+    return deltas
+
+
 def dominant_term(deltas: Mapping[str, Any], total: float) -> str:
-    """The term that moved most in the direction of the total change (largest rise if it got worse)."""
+    """The term that moved most in the direction of the total change (largest rise if it got worse).
+
+    Where the upstream term is split (per-upstream parts and compatibility) its parts compete,
+    not their sum.
+    """
     candidates = {k: float(np.mean(v)) for k, v in deltas.items() if k != "total"}
     if "compatibility" in candidates:
         candidates.pop("upstream", None)  # split into per-upstream parts and compatibility
@@ -583,8 +618,10 @@ def decompose_change(old: System, new: System, downstream: str, seeds: Iterable[
                      confidence: float = 0.95, fit: Fit | None = None) -> ChangeDecomposition:
     """Decompose how ``downstream``'s risk changed between ``old`` and ``new`` (paired by seed).
 
-    With several changed nodes, the upstream delta splits into one part per changed node (only
-    that node swapped to its new version) and the compatibility delta (the rest). The report
+    Every term's delta is the paired difference of its per-seed levels (:func:`change_deltas`),
+    for one changed node or several; with several upstreams and an oracle for each, the upstream
+    delta splits into each upstream's own part and compatibility, and the dominant term is
+    chosen among those parts, approximation and estimation. The report
     explains a change; whether it is self-defeating is decided once, by the improvement study
     (:func:`entangle.compare.improvement`, the rule in :mod:`entangle.stats`).
     """
@@ -598,25 +635,7 @@ def decompose_change(old: System, new: System, downstream: str, seeds: Iterable[
     hits0, misses0 = store.stats.hits, store.stats.misses
     d_old = decompose(old, downstream, seeds, store, estimators=est, confidence=confidence, fit=fit)
     d_new = decompose(new, downstream, seeds, store, estimators=est, confidence=confidence, fit=fit)
-    deltas: dict[str, np.ndarray] = {
-        "total": d_new.values["L(v̂∘u)"] - d_old.values["L(v̂∘u)"],
-        "upstream": d_new.terms["upstream"] - d_old.terms["upstream"],
-        "approximation": d_new.terms["approximation"] - d_old.terms["approximation"],
-        "estimation": d_new.terms["estimation"] - d_old.terms["estimation"],
-    }
-    swapped: dict[str, list[float]] = {}
-    if len(names) > 1:
-        _, reference = _check(old, downstream, est)
-        for u in names:
-            mixed = old.replace(u, new.specs[u])
-            vals = np.asarray(_mean_losses(fit, _with_oracles(mixed, downstream, est, [], (), reference),
-                                           seeds, downstream, f"only {u!r} new: reference"))
-            if est.clip_reference:
-                vals = np.minimum(vals, _mean_losses(fit, mixed.with_spec(downstream, fit_split=est.large_split),
-                                                     seeds, downstream, f"only {u!r} new: own class"))
-            swapped[u] = vals.tolist()
-            deltas[f"upstream:{u}"] = vals - d_old.values["L*(u)"]
-        deltas["compatibility"] = deltas["upstream"] - sum(deltas[f"upstream:{u}"] for u in names)
+    deltas = change_deltas(d_old, d_new)
     term = dominant_term(deltas, float(np.mean(deltas["total"])))
     report = {
         "downstream": downstream,
@@ -626,7 +645,6 @@ def decompose_change(old: System, new: System, downstream: str, seeds: Iterable[
         "old": d_old.report,
         "new": d_new.report,
         "deltas": {k: interval(v, confidence) for k, v in deltas.items()},
-        "swapped": {u: interval(v, confidence) for u, v in swapped.items()},
         "dominant_term": term,
         "dominant": _mechanism(term),
         "warnings": sorted(set(d_old.report["warnings"]) | set(d_new.report["warnings"])),

@@ -107,6 +107,12 @@ def two_upstreams(new1: bool, new2: bool) -> System:
                                  output=True)}, splits=SPLITS)
 
 
+def _level_deltas(old: System, new: System, seed: int, store, oracle) -> dict[str, float]:
+    """Every term's closed-form delta, new level minus old level."""
+    cf = [closed_form_terms(closed_form_values(Run(s, seed, store), "v", oracle=oracle)) for s in (old, new)]
+    return {k: cf[1][k] - cf[0][k] for k in cf[0]}
+
+
 def test_compatibility_split_adds_up_and_matches_closed_forms(store):
     old, new = two_upstreams(False, False), two_upstreams(True, True)
     oracle = {"u1.pred": "data.s", "u2.pred": "data.s"}
@@ -114,20 +120,57 @@ def test_compatibility_split_adds_up_and_matches_closed_forms(store):
     ch = decompose_change(old, new, "v", [0], store, changed=["u1", "u2"], estimators=est)
     d = ch.deltas
     assert d["upstream"] == pytest.approx(d["upstream:u1"] + d["upstream:u2"] + d["compatibility"])
-    cf_old = closed_form_values(Run(old, 0, store), "v", oracle=oracle)
-    cf_new = closed_form_values(Run(new, 0, store), "v", oracle=oracle)
-    assert d["upstream"][0] == pytest.approx(cf_new["L*(u)"] - cf_old["L*(u)"], abs=0.03)
-    singles = {}
-    for u, system in (("u1", two_upstreams(True, False)), ("u2", two_upstreams(False, True))):
-        cf_mixed = closed_form_values(Run(system, 0, store), "v", oracle=oracle)
-        singles[u] = cf_mixed["L*(u)"] - cf_old["L*(u)"]
-        assert d[f"upstream:{u}"][0] == pytest.approx(singles[u], abs=0.03)
-    compat = cf_new["L*(u)"] - cf_old["L*(u)"] - sum(singles.values())
-    assert compat > 0.2 and d["compatibility"][0] == pytest.approx(compat, abs=0.05)
+    assert d["total"] == pytest.approx(d["upstream"] + d["approximation"] + d["estimation"])
+    cf = _level_deltas(old, new, 0, store, oracle)
+    for k in ("upstream", "upstream:u1", "upstream:u2", "compatibility"):
+        assert d[k][0] == pytest.approx(cf[k], abs=0.03), k
+    # the oracle s determines y: each upstream's own part is 0 by construction, compatibility is all
+    assert cf["upstream:u1"] == pytest.approx(0.0, abs=1e-9) and cf["compatibility"] > 0.2
     assert ch.report["dominant"] == "compatibility"
-    # the per-system split against oracles exists too, and adds up
     t = ch.new.terms
     assert t["upstream"] == pytest.approx(t["upstream:u1"] + t["upstream:u2"] + t["compatibility"])
+
+
+def two_sensors(improved: bool) -> System:
+    """Two sensors of one latent s: the old sensor 1's noise is the negative of sensor 2's (their
+    average is s); the improved sensor 1 is less noisy but independent of sensor 2."""
+    src = LinearGaussianSource(variances=[1.0, 1.0, 1.0], outputs={
+        "s": {"weights": [1.0, 0.0, 0.0]},
+        "f1": {"weights": [1.0, 0.8, 0.0]}, "g1": {"weights": [1.0, 0.0, 0.5]},
+        "f2": {"weights": [1.0, -0.8, 0.0]},
+        "t": {"weights": [1.0, 0.0, 0.0], "noise": 0.2},
+        "y": {"weights": [2.0, 0.0, 0.0], "noise": 0.3}},
+        sizes={"upstream": 300, "train": 40, "large": 3000, "test": 3000})
+    return System({"data": src,
+                   "u1": NodeSpec(ols(), inputs={"f": "data.g1" if improved else "data.f1"},
+                                  targets={"y": "data.t"}, fit_split="upstream"),
+                   "u2": NodeSpec(ols(), inputs={"f": "data.f2"}, targets={"y": "data.t"}, fit_split="upstream"),
+                   "v": NodeSpec(ols(), inputs={"p": "u1.pred", "q": "u2.pred"}, targets={"y": "data.y"},
+                                 output=True)}, splits=SPLITS)
+
+
+def test_one_changed_upstream_of_two_is_split_into_parts_and_compatibility(store):
+    """The paper's fourth error type with one changed upstream: its own part does not move, the
+    compatibility term carries the whole change, and the sentence names it as the table does."""
+    old, new = two_sensors(False), two_sensors(True)
+    oracle = {"u1.pred": "data.s", "u2.pred": "data.s"}
+    seeds = [0, 1, 2]
+    ch = decompose_change(old, new, "v", seeds, store, estimators=Estimators(reference=ols(), oracle=oracle))
+    assert ch.report["changed"] == ["u1"]
+    d = ch.deltas
+    assert {"upstream:u1", "upstream:u2", "compatibility"} <= set(d)
+    for i, seed in enumerate(seeds):
+        cf = _level_deltas(old, new, seed, store, oracle)
+        for k in ("upstream", "upstream:u1", "upstream:u2", "compatibility"):
+            assert d[k][i] == pytest.approx(cf[k], abs=0.05), (k, seed)
+    # closed form: 4·Var(s | s + 0.5a, s − 0.8b) = 4 / (1 + 4 + 1.5625) ≈ 0.61 more risk, all compatibility
+    assert np.mean(d["compatibility"]) == pytest.approx(4 / (1 + 1 / 0.25 + 1 / 0.64), abs=0.06)
+    assert d["upstream"] == pytest.approx(d["upstream:u1"] + d["upstream:u2"] + d["compatibility"])
+    rep = ch.report
+    assert rep["dominant_term"] == "compatibility" and rep["dominant"] == "compatibility"
+    assert "compatibility error" in rep["sentence"] and "no longer complement" in rep["sentence"]
+    assert "carries less of the information" not in rep["sentence"]
+    assert set(rep["deltas"]) == set(d)
 
 
 def test_decomposition_after_a_study_retrains_nothing(store):

@@ -95,15 +95,9 @@ def run_toy(name: str, toy: DictConfig, reference_cfg: Any, seeds_: list[int], s
     cf_terms = {k: terms_from_values(cf[k]) for k in cf}
     est_values = {"old": change.old.values, "new": change.new.values}
     est_terms = {"old": change.old.terms, "new": change.new.terms}
-    cf_deltas = {"total": cf["new"]["L(v̂∘u)"] - cf["old"]["L(v̂∘u)"]}
-    for t in ("upstream", "approximation", "estimation"):
-        cf_deltas[t] = cf_terms["new"][t] - cf_terms["old"][t]
-    if len(changed) > 1:
-        for u in changed:
-            mixed = old.replace(u, new.specs[u])
-            swapped = _closed_forms(study, mixed, v, oracle, ups)[0]["L*(u)"]
-            cf_deltas[f"upstream:{u}"] = swapped - cf["old"]["L*(u)"]
-        cf_deltas["compatibility"] = cf_deltas["upstream"] - sum(cf_deltas[f"upstream:{u}"] for u in changed)
+    # every term's delta is new level minus old level, as the engine's (decompose.change_deltas)
+    cf_deltas = {"total": cf["new"]["L(v̂∘u)"] - cf["old"]["L(v̂∘u)"],
+                 **{t: cf_terms["new"][t] - cf_terms["old"][t] for t in cf_terms["old"]}}
 
     def pair(estimate: np.ndarray, closed: np.ndarray) -> dict[str, Any]:
         e = interval(estimate, confidence)
