@@ -8,7 +8,6 @@ numbers; ``score`` holds the node's metric; and the fitted state round-trips thr
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from typing import Any, Mapping
 

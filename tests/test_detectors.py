@@ -62,7 +62,6 @@ def make_scenes(n, seed, cars=(1, 2), peds=(1, 2)):
                     x, ry = rng.uniform(-0.5, 0.5) * z, rng.uniform(-np.pi, np.pi)
                     if cls == CAR:                 # cars drive along the street (z), as in the world
                         ry = rng.choice([-1, 1]) * np.pi / 2 + rng.normal(0, 0.1)
-                    new = np.array([[x, CAM_H, z, h, w, l, ry]])
                     if all(np.hypot(o[1] - x, o[3] - z) > 5.0 for o in objs):
                         objs.append((cls, x, CAM_H, z, h, w, l, ry))
                         break

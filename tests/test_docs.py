@@ -35,3 +35,21 @@ def test_readme_and_index_link_the_documentation():
         assert anchor in index
     assert set(relative_links(REPO / "docs" / "index.md")) >= {
         "custom_pipeline.md", "../datasets/world.md", "../README.md", "../experiments"}
+
+
+def test_ci_runs_the_readme_test_command_which_lints_before_testing():
+    readme = [line for line in (REPO / "README.md").read_text().splitlines() if "python -m pytest" in line]
+    ci = (REPO / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert [ci.replace("pip install -q ", "pip install ")] == readme[:1]
+    assert "&& ruff check . && python -m pytest" in ci
+
+
+def test_the_linter_finds_undefined_names_and_unused_imports(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "bad.py"
+    bad.write_text("import json\n\n\ndef f():\n    return scores\n")
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config",
+                           str(REPO / "pyproject.toml"), str(bad)], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "F401" in proc.stdout and "F821" in proc.stdout

@@ -318,11 +318,11 @@ def test_refinement_trains_and_its_warp_reproduces_the_left_image():
     warped = warp_right(to(right), torch.from_numpy(disp))
     inner = (slice(None), slice(None), slice(2, -2), slice(16, -2))
     assert (warped - to(left))[inner].abs().mean() < 0.25 * (to(right) - to(left))[inner].abs().mean()
-    inputs, targets = stereo_inputs(*random_dot_pairs(6, h=32, w=64, seed=3, max_disp=12)[:2]), None
+    left, right, disp = random_dot_pairs(6, h=32, w=64, seed=3, max_disp=12)
+    inputs, targets = stereo_inputs(left, right), {"disparity": disp}
     node = StereoNet(**dict(TINY, refine=True, disp_step=2))
-    preds = check_node(node, inputs, {"disparity": random_dot_pairs(6, h=32, w=64, seed=3, max_disp=12)[2]})
-    assert node.clone().fit(inputs, {"disparity": random_dot_pairs(6, h=32, w=64, seed=3, max_disp=12)[2]},
-                            seed=0).predict_stacked(inputs).shape == (4, 6, 32, 64)
+    preds = check_node(node, inputs, targets)
+    assert node.clone().fit(inputs, targets, seed=0).predict_stacked(inputs).shape == (4, 6, 32, 64)
     assert preds["disparity"].shape == (6, 32, 64)
 
 

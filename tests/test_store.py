@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 from sklearn.linear_model import Ridge
 
 from entangle.data.toys import GaussianSource
-from entangle.hashing import UnhashableError, code_version, fingerprint, key_of
+from entangle.hashing import UnhashableError, fingerprint, key_of
 from entangle.node import Ragged, SklearnNode
 from entangle.store import Store, StoreError, check_key
 from entangle.system import NodeSpec, System

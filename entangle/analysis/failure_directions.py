@@ -263,12 +263,14 @@ def flip_directions(study: Any, options: Mapping, *, space: str | None = None,
             entry["error"] = str(e)
             per_seed.append(entry)
             continue
-        entry.update(_held_out(d, n, acfg, F[eval_s], flips_e, ~err[eval_s][0], eval_s, k))
+        right = ~err[eval_s][0]
+        entry.update(_held_out(d, n, acfg, F[eval_s], flips_e, right, eval_s, k))
         if acfg.get("labels"):
             entry["by_class"] = _class_flips(n, acfg, F, err, fit_s, eval_s, k, seed)
         per_seed.append(entry)
         if figures and not files:
             t = f"negative flips of {node} ({space} space, seed {seed})"
+            scores = d.decision(F[eval_s][right])
             files.append(ff.save(ff.score_histogram(scores, flips_e[right], title=t), out, "flips_hist.png"))
             if "attributes" in entry:
                 files.append(ff.save(ff.attribute_bars(entry["attributes"], title=t), out,

@@ -26,7 +26,6 @@ from entangle.analysis import failure_figures as ff
 from entangle.analysis.directions import TooFewErrorsError, describe, fit_direction
 from entangle.analysis.failure_directions import failure_directions, flip_directions, planted_table
 from entangle.study import ConfigError, Study, patched_system, pipeline_where
-from entangle.system import System
 from entangle.tasks import output_dir
 
 log = logging.getLogger(__name__)
