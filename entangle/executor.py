@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing as mp
 import os
 import sys
 import time
+import weakref
+from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -522,24 +525,39 @@ class ProcessExecutor(_PoolExecutor):
     """Runs independent nodes and seeds in parallel in a pool of processes (spawned, so safe with torch).
 
     Results are bit-identical to :class:`LocalExecutor` when each worker uses the same number of
-    torch threads as the local run (``threads``).
+    torch threads as the local run (``threads``). One pool serves every :meth:`run` (a study's
+    systems and a decomposition's derived ones: spawning workers costs seconds each time) until
+    :meth:`close`, the end of a ``with`` block, or the executor is garbage-collected.
     """
 
     def __init__(self, workers: int | None = None, threads: int = 1):
-        import os
         self.workers = workers or max(1, (os.cpu_count() or 1))
         self.threads = threads
-        self._pool = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._closer: weakref.finalize | None = None
 
     def run(self, system: System, seeds: Iterable[int], store: Store) -> dict[int, Run]:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
-            self._pool = pool
-            try:
-                return super().run(system, seeds, store)
-            finally:
-                self._pool = None
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            # a forgotten close() leaks no workers: the pool goes with the executor (or at exit)
+            self._closer = weakref.finalize(self, self._pool.shutdown, wait=True, cancel_futures=True)
+        try:
+            return super().run(system, seeds, store)
+        except BaseException:
+            self.close()   # the failed run's tasks finish (or are cancelled) before the error goes on
+            raise
+
+    def close(self) -> None:
+        """Shut the pool down, waiting for its workers; a later :meth:`run` opens a new one."""
+        if self._closer is not None:
+            self._closer()
+        self._pool = self._closer = None
+
+    def __enter__(self) -> "ProcessExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     def _submit(self, fn, *args):
         return self._pool.submit(fn, *args)

@@ -7,6 +7,7 @@ constant, which would silently serve one cached result for different specs.
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import importlib.util
@@ -124,11 +125,65 @@ def qualname(obj: Any) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
+_DOCUMENTED = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _is_docstring(statement: ast.AST) -> bool:
+    return (isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+            and isinstance(statement.value.value, str))
+
+
+def _canonical(node: ast.AST, out: list[str]) -> list[str]:
+    """Appends ``node`` as text to ``out``: no docstrings, positions or empty fields (Python
+    versions spell those differently, e.g. 3.12's ``type_params=[]``), so keys agree across them."""
+    out.append(type(node).__name__ + "(")
+    for name in node._fields:
+        value = getattr(node, name, None)
+        if value is None or value == []:
+            continue
+        out.append(name + "=")
+        if isinstance(value, list):
+            if name == "body" and isinstance(node, _DOCUMENTED) and _is_docstring(value[0]):
+                value = value[1:] or [ast.Pass()]
+            elif name == "values" and isinstance(node, ast.JoinedStr):   # 3.12.0-1 add empty parts
+                value = [v for v in value if not (isinstance(v, ast.Constant) and v.value == "")]
+            out.append("[")
+            for item in value:
+                if isinstance(item, ast.AST):
+                    _canonical(item, out)
+                else:
+                    out.append(repr(item))
+                out.append(",")
+            out.append("]")
+        elif isinstance(value, ast.AST):
+            _canonical(value, out)
+        else:
+            out.append(repr(value))   # constants: 1, 1.0 and True stay apart
+        out.append(",")
+    out.append(")")
+    return out
+
+
+def code_digest(source: str | bytes) -> str:
+    """Digest of Python source as it runs: its syntax tree without comments, docstrings and
+    layout, so editing those keeps every key; the raw text's digest if it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return digest(source)[:16]
+    return _tree_digest(tree)
+
+
+def _tree_digest(tree: ast.AST) -> str:
+    return digest("".join(_canonical(tree, [])))[:16]
+
+
 @functools.lru_cache(maxsize=None)
 def source_hash(obj: Any) -> str:
     """Hash of an object's source code (a function's or class's), or its qualname if unavailable."""
+    import textwrap
     try:
-        return digest(inspect.getsource(obj))[:16]
+        return code_digest(textwrap.dedent(inspect.getsource(obj)))
     except (OSError, TypeError):
         return digest(qualname(obj))[:16]
 
@@ -143,8 +198,9 @@ def source_hash(obj: Any) -> str:
 # reading the source rather than by importing it -- restricted to the project's own code: the
 # node's top-level package, entangle, and any module not installed in site-packages or the
 # standard library. Third-party libraries are versioned by their installation, not hashed.
-# Files are read once per process (lru_cache): a run's keys stay consistent even if a file is
-# edited while it runs.
+# A file counts by its syntax tree (:func:`code_digest`): editing a comment or a docstring, or
+# reformatting, refits nothing. Files are read once per process (lru_cache): a run's keys stay
+# consistent even if a file is edited while it runs.
 
 ENTANGLE = "entangle"
 
@@ -227,18 +283,17 @@ def _is_own(name: str, top: str) -> bool:
 @functools.lru_cache(maxsize=None)
 def _imported_modules(name: str) -> tuple[str, ...]:
     """Names of the modules module ``name``'s source imports (anywhere in the file)."""
-    import ast
     path = _module_file(name)
     if path is None:
         return ()
     try:
-        tree = ast.parse(Path(path).read_bytes(), filename=path)
-    except (SyntaxError, ValueError, OSError):
+        _, imports = _read_module(path)
+    except OSError:
         return ()
     is_package = os.path.basename(path) == "__init__.py"
     package = name if is_package else name.rpartition(".")[0]
     found: list[str] = []
-    for node in ast.walk(tree):
+    for node in imports:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
@@ -259,13 +314,20 @@ def _imported_modules(name: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=None)
-def _file_digest(path: str) -> str:
-    return digest(Path(path).read_bytes())[:16]
+def _read_module(path: str) -> tuple[str, tuple[ast.stmt, ...]]:
+    """A file's code digest (:func:`code_digest`) and its import statements, from one parse."""
+    source = Path(path).read_bytes()
+    try:
+        tree = ast.parse(source, filename=path)
+    except (SyntaxError, ValueError):
+        return digest(source)[:16], ()
+    imports = tuple(n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return _tree_digest(tree), imports
 
 
 @functools.lru_cache(maxsize=None)
 def module_closure(name: str, top: str | None = None) -> tuple[tuple[str, str], ...]:
-    """``(module, source digest)`` for ``name`` and every own module it imports, transitively.
+    """``(module, code digest)`` for ``name`` and every own module it imports, transitively.
 
     ``top`` is the top-level package whose modules count as own (default: ``name``'s); entangle
     and modules outside site-packages and the standard library always do.
@@ -283,14 +345,14 @@ def module_closure(name: str, top: str | None = None) -> tuple[tuple[str, str], 
         if path is None:
             seen[mod] = ""
             continue
-        seen[mod] = _file_digest(path)
+        seen[mod] = _read_module(path)[0]
         todo.extend(m for m in _imported_modules(mod) if m not in seen)
     return tuple(sorted((m, d) for m, d in seen.items() if d))
 
 
 def clear_code_cache() -> None:
     """Forget the source digests read so far (for a process that edits and reloads modules)."""
-    for fn in (_module_file, _installed, _imported_modules, _file_digest, module_closure, source_hash):
+    for fn in (_module_file, _installed, _imported_modules, _read_module, module_closure, source_hash):
         fn.cache_clear()
     _code_version.cache_clear()
 

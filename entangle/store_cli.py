@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "verify":
         return _verify(store, args)
     selected, broken = [], []
+    # a folder a crashed writer left without meta.json is no entry (keys() skips it), but it is
+    # there: marked, as broken entries are
+    incomplete = [name for name, path in store.folders() if not (path / "meta.json").is_file()]
     for key in store.keys():
         try:
             meta = store.meta(key)
@@ -83,11 +86,19 @@ def main(argv: list[str] | None = None) -> int:
                   f"{meta.get('class', '?')}  {age_h:.1f} h")
         for key, _ in broken:
             print(f"{key[:16]}  BROKEN (entangle store verify --repair removes it)")
-        print(f"{len(selected)} entries{f', {len(broken)} broken' if broken else ''} in {store.root}")
+        for name in incomplete:
+            print(f"{name[:16]}  INCOMPLETE (no meta.json; entangle store verify --repair removes it)")
+        print(f"{len(selected)} entries{f', {len(broken)} broken' if broken else ''}"
+              f"{f', {len(incomplete)} incomplete' if incomplete else ''} in {store.root}")
     elif args.action == "size":
         total = sum(_size(store.path(k)) for k, _ in selected)
-        print(f"{len(selected)} entries, {_human(total)} in {store.root}"
-              f"{f' ({len(broken)} broken entries not counted)' if broken else ''}")
+        left_out = []
+        if broken:
+            left_out.append(f"{len(broken)} broken entries")
+        if incomplete:
+            left_out.append(f"{len(incomplete)} incomplete folders")
+        note = f" ({' and '.join(left_out)} not counted)" if left_out else ""
+        print(f"{len(selected)} entries, {_human(total)} in {store.root}{note}")
     elif args.action == "prune":
         if args.older_than_days is None and args.node is None:
             parser.error("prune needs --older-than-days and/or --node")

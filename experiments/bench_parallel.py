@@ -1,24 +1,32 @@
 """Parallel speed-up: two independent branches × 4 seeds, process pool (and Ray) vs local.
 
     python experiments/bench_parallel.py [--ray]
+    python experiments/bench_parallel.py --decomposition
 
 Each executor runs the same system into a fresh store; results are checked identical. Ray's
-start-up is timed separately from the run.
+start-up is timed separately from the run. ``--decomposition`` instead times a tiny study's
+decomposition (many small derived systems: the pool's start-up, not the fits, dominates) and
+counts the pools it opened.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import tempfile
 import time
 
+import entangle.executor as executor_mod
+from entangle.data.toy_systems import LinearGaussianSource
 from entangle.data.toys import GaussianSource
+from entangle.decompose import Estimators, decomposition
 from entangle.executor import LocalExecutor, ProcessExecutor, RayExecutor
 from entangle.models.mlp import MLP
-from entangle.node import TorchNode
+from entangle.node import SklearnNode, TorchNode
 from entangle.store import Store
+from entangle.study import Study
 from entangle.system import NodeSpec, System
 
 
@@ -42,12 +50,65 @@ def timed(executor, seeds, tmp) -> tuple[float, dict]:
     return elapsed, {(s, n): runs[s].metrics(n) for s in seeds for n in ("left", "right")}
 
 
+def chain(alpha: float) -> System:
+    """A ridge upstream feeding a linear downstream: a tiny system to decompose."""
+    from sklearn.linear_model import LinearRegression, Ridge
+    src = LinearGaussianSource(variances=[1.0, 1.0], outputs={
+        "view": {"weights": [[1.0, 0.0], [0.3, 1.0]]}, "t": {"weights": [1.0, 0.5], "noise": 0.3},
+        "y": {"weights": [1.5, 0.0], "noise": 0.5}},
+        sizes={"upstream": 100, "train": 30, "large": 200, "test": 200})
+    return System({"data": src,
+                   "up": NodeSpec(SklearnNode(estimator=Ridge(alpha=alpha)), inputs={"v": "data.view"},
+                                  targets={"y": "data.t"}, fit_split="upstream"),
+                   "v": NodeSpec(SklearnNode(estimator=LinearRegression()), inputs={"s": "up.pred"},
+                                 targets={"y": "data.y"}, output=True)},
+                  splits=("upstream", "train", "large", "test"))
+
+
+def timed_decomposition(executor, tmp) -> tuple[float, dict]:
+    """Wall time and deltas of decomposing a tiny study's change (the study closed at the end)."""
+    from sklearn.linear_model import LinearRegression
+    est = Estimators(reference=SklearnNode(estimator=LinearRegression()), oracle={"up.pred": "data.x"})
+    t0 = time.perf_counter()
+    with Study(chain(1000.0), new=chain(0.1), seeds=[0, 1], store=Store(tmp), executor=executor) as study:
+        deltas = decomposition(study, nodes={"v": est})["v"]["deltas"]
+    return time.perf_counter() - t0, deltas
+
+
+@contextlib.contextmanager
+def counting_pools():
+    """Counts the process pools opened inside (a list, one item per pool)."""
+    opened, original = [], executor_mod.ProcessPoolExecutor
+
+    class Counted(original):
+        def __init__(self, *args, **kwargs):
+            opened.append(1)
+            super().__init__(*args, **kwargs)
+
+    executor_mod.ProcessPoolExecutor = Counted
+    try:
+        yield opened
+    finally:
+        executor_mod.ProcessPoolExecutor = original
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ray", action="store_true", help="also time executor=ray (needs Ray)")
+    parser.add_argument("--decomposition", action="store_true",
+                        help="time a tiny decomposition on the pool vs locally (only that)")
     args = parser.parse_args()
     import torch
     torch.set_num_threads(1)  # the same thread count as each worker, so results are bit-identical
+    if args.decomposition:
+        chain(1.0).keys(0)    # the code is hashed once per process: outside both timings
+        with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+            d_local, r_local = timed_decomposition(LocalExecutor(), a)
+            with counting_pools() as opened:
+                d_proc, r_proc = timed_decomposition(ProcessExecutor(workers=os.cpu_count(), threads=1), b)
+        print(f"tiny decomposition: local {d_local:.2f} s   processes {d_proc:.2f} s ({len(opened)} "
+              f"pool(s) opened); identical results: {r_local == r_proc}")
+        return
     seeds = [0, 1, 2, 3]
     print(f"cores: {os.cpu_count()}; 2 branches x {len(seeds)} seeds = 8 trainings")
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:

@@ -49,3 +49,17 @@ def no_fit_in_this_process(monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(Run, "_fit_and_publish", fitted_here)
         yield
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Inside, this process uses one torch thread, as a pool's workers do (``executor.threads``):
+    torch's low bits depend on the thread count, so a local run to compare with the pool pins it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
