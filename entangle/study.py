@@ -149,6 +149,18 @@ class Study:
             self._runs[cache_key] = self.executor.run(system, seeds, self.store)
         return self._runs[cache_key]
 
+    def close(self) -> None:
+        """Release the executor's workers (a process pool lives until then, serving every fit)."""
+        close = getattr(self.executor, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "Study":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
     # -- building from a config ----------------------------------------------------------------
     @classmethod
     def from_config(cls, cfg: Any, *, store: Store | None = None, executor: Any = None,
@@ -161,11 +173,13 @@ class Study:
         if not pipeline or not pipeline.get("nodes"):
             raise StudyError("no pipeline: choose one with pipeline=NAME")
         where = where or pipeline_where(cfg)
-        seeds = seeds_from_config(cfg)
+        change = cfg.get("change")
+        improving = change is not None and change.get("node") is not None
+        seeds = seeds_from_config(cfg, minimum=2 if improving else 1, reason="an improvement is "
+                                  "judged by its interval over seeds; one seed gives none")
         old = System.from_config(pipeline, where=where)
         new, changed = None, None
-        change = cfg.get("change")
-        if change is not None and change.get("node") is not None:
+        if improving:
             changed = str(change.node)
             new = changed_system(old, pipeline, change, where)
         references = {}
@@ -175,13 +189,37 @@ class Study:
             if changed is None:
                 raise StudyError(f"references.{name}: references replace the changed node; set change.node")
             references[name] = replaced_system(old, changed, node_cfg, f"references.{name}")
+        check_analyses(cfg, old, where)
         return cls(old, new=new, changed=changed, references=references, seeds=seeds,
                    store=store or store_from_config(cfg), executor=executor or executor_from_config(cfg),
                    profile=str(cfg.get("profile", "default")))
 
 
-def seeds_from_config(cfg: Any, minimum: int = 1) -> list[int]:
-    """``cfg.seeds``: distinct non-negative ints, at least ``minimum`` of them (ConfigError)."""
+#: config blocks whose keys name nodes of the pipeline (an analysis would skip a misspelt one)
+NODE_KEYED_BLOCKS = ("decomposition", "outcomes.detection", "outcomes.primary", "flips.outcomes",
+                     "flips.old", "analysis.outcomes")
+
+
+def check_analyses(cfg: Any, system: System, where: str = "pipeline config") -> None:
+    """The analysis blocks of ``cfg`` checked against ``system`` before anything is fitted: each
+    node they name is one of its nodes, and the ``decomposition`` block (unless ``decompose:
+    false``) has only known fields, splits of the system and oracles its nodes read."""
+    from omegaconf import DictConfig, OmegaConf
+
+    from entangle.decompose import check_decomposition
+    for dotted in NODE_KEYED_BLOCKS:
+        block = OmegaConf.select(cfg, dotted) if isinstance(cfg, DictConfig) else None
+        for name in block if isinstance(block, DictConfig) else ():
+            if name not in system.specs:
+                raise ConfigError(f"{dotted}.{name}: {where} has no node {name!r} "
+                                  f"(nodes: {sorted(system.specs)})")
+    if cfg.get("decomposition") and cfg.get("decompose", True):
+        check_decomposition(system, cfg.decomposition)
+
+
+def seeds_from_config(cfg: Any, minimum: int = 1, reason: str = "") -> list[int]:
+    """``cfg.seeds``: distinct non-negative ints, at least ``minimum`` of them (ConfigError,
+    saying ``reason`` where given)."""
     raw = cfg.get("seeds")
     if raw is not None and not isinstance(raw, (str, int, float)):
         raw = list(raw)
@@ -190,8 +228,8 @@ def seeds_from_config(cfg: Any, minimum: int = 1) -> list[int]:
     except ValueError as err:
         raise ConfigError(f"seeds: {err}") from None
     if len(out) < minimum:
-        raise ConfigError(f"seeds: this experiment needs at least {minimum} seeds, e.g. "
-                          f"seeds={list(range(minimum))}; got {out}")
+        raise ConfigError(f"seeds: this experiment needs at least {minimum} seeds"
+                          f"{f' ({reason})' if reason else ''}, e.g. seeds={list(range(minimum))}; got {out}")
     return out
 
 

@@ -180,7 +180,7 @@ def test_an_empty_store_root_is_refused(compose_cfg, tmp_path, root):
 
 def test_every_run_says_which_store_it_uses(compose_cfg, tmp_path, caplog):
     caplog.set_level(logging.INFO)
-    run(compose_cfg("experiment=toy_pipeline", "profile=quick", "seeds=[0]",
+    run(compose_cfg("experiment=toy_pipeline", "profile=quick", "seeds=[0,1]",
                     f"store.root={tmp_path / 'rel' / '..' / 'abs'}"))
     assert f"store: {tmp_path / 'abs'}" in caplog.text
 
@@ -209,6 +209,8 @@ def test_a_run_dir_holding_a_report_is_refused_unless_overwrite(compose_cfg, tmp
     run(compose_cfg(*common, run_dir=tmp_path / "r"))
     stale = tmp_path / "r" / "figure_of_an_old_run.png"
     stale.write_bytes(b"old")
+    manifest = tmp_path / "r" / ".entangle-manifest.json"   # entangle's record of what it wrote
+    manifest.write_text(json.dumps({"files": [*json.loads(manifest.read_text())["files"], stale.name]}))
     with pytest.raises(ConfigError, match="already holds a report .* overwrite=true"):
         run(compose_cfg(*common, run_dir=tmp_path / "r"))
     assert stale.exists()      # refused: nothing touched
@@ -359,7 +361,7 @@ def test_editing_a_module_inside_entangle_refits_the_nodes_that_run_it(tmp_path)
     assert before[2] == "['mlp', 'ridge']"
     for module in ("models/stereo_net.py", "models/mlp.py"):   # helper modules, not node classes
         with open(copy / "entangle" / module, "a") as fh:
-            fh.write("\n# edited\n")
+            fh.write("\nEDITED = True\n")   # code: a comment keeps the key
     after = _python(str(script), store, str(copy), cwd=tmp_path, path=copy).split(" ", 2)
     assert after[0] != before[0]          # StereoNet runs models/stereo_net.py
     assert after[1] == before[1]          # the car detector does not
