@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from entangle.decompose import decomposition as decompose_changes
-from entangle.stats import IMPROVED, NOISE, TEST, WORSE, paired_delta, self_defeating
+from entangle.stats import IDENTICAL, IMPROVED, NOISE, TEST, WORSE, paired_delta, self_defeating
 from entangle.store import Store
 from entangle.study import Study, infer_changed
 from entangle.system import System
@@ -127,7 +127,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lo, hi = r["delta_ci"]
         lines.append(f"  {name:<14} {r['metric']}{arrow}  old {np.mean(r['old']):.4g}  "
                      f"new {np.mean(r['new']):.4g}  Δ {r['delta_mean']:+.4g} [{lo:+.3g}, {hi:+.3g}]  "
-                     f"{r['verdict']}")
+                     f"{r['verdict']}" + (f" ({IDENTICAL})" if r.get("identical") else ""))
     for f in report["self_defeating"]:
         lines.append(f"  SELF-DEFEATING: improving {f['upstream']!r} made {f['downstream']!r} worse")
         if "explanation" in f:

@@ -6,7 +6,8 @@ seed, its mean, its seed-to-seed spread (sd) and the t interval of the mean; a c
 sampling and initialisation) with the paired t interval (that of ``scipy.stats.ttest_rel``).
 A verdict is *improved* or *worse* only when that interval excludes zero; with one seed there is
 no interval and the verdict is *noise*; with zero spread the interval collapses to the mean
-(a deterministic difference is not noise).
+(a deterministic difference is not noise) and the delta is *identical over seeds*: it has no
+smallest detectable effect, and reports say so (:func:`detectable_text`).
 
 An improvement of ``u`` is **self-defeating** for a descendant ``v`` when ``u`` improves on its own
 metric beyond noise and ``v``, retrained on ``u``'s new outputs, gets worse on its own metric
@@ -30,6 +31,10 @@ IMPROVED, WORSE, NOISE = "improved", "worse", "noise"
 
 #: how reports name the test behind every interval
 TEST = "paired t interval over seeds, as scipy.stats.ttest_rel"
+#: how reports name a paired delta with no seed-to-seed spread (every seed moved by the same amount)
+IDENTICAL = "identical over seeds"
+#: a paired sd below this times the values' magnitude is float rounding, not seed-to-seed spread
+ROUNDING = 1e-12
 
 
 def _half_width(sd: float, n: int, confidence: float) -> float:
@@ -62,15 +67,23 @@ def mean_sd(values: Sequence[float]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class PairedDelta:
-    """Paired difference new − old over seeds: mean, the (1 − alpha) t interval, the verdict."""
+    """Paired difference new − old over seeds: mean, the (1 − alpha) t interval, the verdict,
+    and the seed-to-seed sd of the differences (NaN for one seed, 0 when identical over seeds)."""
 
     mean: float
     ci: tuple[float, float]
     verdict: str
     n: int
+    sd: float = float("nan")
+
+    @property
+    def identical(self) -> bool:
+        """Whether every seed's difference is the same (two or more seeds, no spread)."""
+        return self.n >= 2 and self.sd == 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"delta_mean": self.mean, "delta_ci": list(self.ci), "verdict": self.verdict}
+        return {"delta_mean": self.mean, "delta_ci": list(self.ci), "verdict": self.verdict,
+                "identical": self.identical}
 
 
 def verdict(lo: float, hi: float, *, higher_is_better: bool) -> str:
@@ -101,11 +114,13 @@ def paired_delta(old: Sequence[float], new: Sequence[float], *, higher_is_better
     if n < 2:
         return PairedDelta(mean, (float("nan"), float("nan")), NOISE, n)
     sd = float(d.std(ddof=1))
+    if sd <= ROUNDING * max(1.0, float(np.abs(a).max()), float(np.abs(b).max())):
+        sd = 0.0   # the same difference on every seed, up to the float path that computed it
     lo = hi = mean
     if sd > 0.0:
         half = _half_width(sd, n, confidence)
         lo, hi = mean - half, mean + half
-    return PairedDelta(mean, (float(lo), float(hi)), verdict(lo, hi, higher_is_better=higher_is_better), n)
+    return PairedDelta(mean, (float(lo), float(hi)), verdict(lo, hi, higher_is_better=higher_is_better), n, sd)
 
 
 def self_defeating(upstream_verdicts: str | Sequence[str], downstream_verdict: str) -> bool:
@@ -118,10 +133,11 @@ def self_defeating(upstream_verdicts: str | Sequence[str], downstream_verdict: s
 def detectable_effect(sd: float, n: int, confidence: float = 0.95, power: float = 0.8) -> float:
     """The smallest true mean paired difference ``n`` seeds detect with the given power (t test).
 
-    ``sd`` is the seed-to-seed sd of the paired differences. Solved with the noncentral t
-    distribution; NaN below two seeds.
+    ``sd`` is the seed-to-seed sd of the paired differences (:attr:`PairedDelta.sd`). Solved with
+    the noncentral t distribution; NaN below two seeds and when ``sd`` is 0 (identical over seeds:
+    there is no noise to detect an effect against, so no smallest effect; see :func:`detectable_text`).
     """
-    if n < 2 or not math.isfinite(sd):
+    if n < 2 or not math.isfinite(sd) or sd <= 0:
         return float("nan")
     df = n - 1
     t_crit = stats.t.ppf(0.5 + confidence / 2, df)
@@ -135,10 +151,24 @@ def detectable_effect(sd: float, n: int, confidence: float = 0.95, power: float 
 
 def seeds_needed(effect: float, sd: float, confidence: float = 0.95, power: float = 0.8,
                  most: int = 1000) -> int | None:
-    """The fewest seeds whose paired test detects a true mean difference ``effect`` (None: > most)."""
-    if not (math.isfinite(effect) and math.isfinite(sd)) or effect == 0:
+    """The fewest seeds whose paired test detects a true mean difference ``effect`` (None: > most,
+    or no spread to size seeds by: ``sd`` 0 or NaN). Bisects ``n``: the detectable effect falls with n."""
+    if not (math.isfinite(effect) and math.isfinite(sd)) or effect == 0 or sd <= 0:
         return None
-    for n in range(2, most + 1):
-        if detectable_effect(sd, n, confidence, power) <= abs(effect):
-            return n
-    return None
+    if detectable_effect(sd, most, confidence, power) > abs(effect):
+        return None
+    lo, hi = 1, most   # detectable at hi, not at lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if detectable_effect(sd, mid, confidence, power) <= abs(effect) else (mid, hi)
+    return hi
+
+
+def detectable_text(effect: float | None, identical: bool | None, spec: str = ".3f") -> str:
+    """A smallest detectable effect for a report: :data:`IDENTICAL` for a delta with no spread
+    over seeds (not an effect of 0), "–" where there is none (one seed), else the number."""
+    if identical:
+        return IDENTICAL
+    if effect is None or not math.isfinite(effect):
+        return "–"
+    return format(effect, spec)

@@ -12,15 +12,18 @@ import json
 import pytest
 
 from entangle.cli import run
+from entangle.stats import IDENTICAL
 
 NODES = ("stereo", "car", "pedestrian")
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory, compose_cfg_module):
+    from parity import one_torch_thread
     tmp = tmp_path_factory.mktemp("ftf")
     store = f"store.root={tmp / 'store'}"
-    first = run(compose_cfg_module("experiment=fixes_that_fail", "profile=quick", store, run_dir=tmp / "r1"))
+    with one_torch_thread():   # as the pool's workers, for the fresh-store parity test
+        first = run(compose_cfg_module("experiment=fixes_that_fail", "profile=quick", store, run_dir=tmp / "r1"))
     return tmp, store, first
 
 
@@ -49,8 +52,8 @@ def test_report_contract(quick):
         assert list(on_disk["outcomes"][det]) == declared["detection"][det]
         for key, row in on_disk["outcomes"][det].items():
             assert len(row["old"]) == 2 and row["verdict"] in {"improved", "worse", "noise", "undefined"}
-            if row["verdict"] != "undefined":
-                assert row["detectable_effect"] is None or row["detectable_effect"] >= 0   # 0: no spread
+            if row["verdict"] != "undefined":   # no spread over seeds: identical, no smallest effect
+                assert row["detectable_effect"] is None if row["identical"] else row["detectable_effect"] > 0
     # the paper's four claims, each checked
     claims = on_disk["paper"]
     assert len(claims) == 4 and all(isinstance(c["holds"], bool) for c in claims)
@@ -85,6 +88,10 @@ def test_figures_and_results_table(quick):
     text = (run_dir / "RESULTS.md").read_text()
     assert "python -m entangle experiment=fixes_that_fail profile=quick" in text
     assert "| stereo | depth_mae" in text and "oracle" in text and "sgbm" in text
+    # a declared outcome whose delta is the same on every seed says so instead of an effect of 0
+    rows = [r for det in report["outcomes"].values() for r in det.values() if r["verdict"] != "undefined"]
+    if any(r["identical"] for r in rows):
+        assert f"| {IDENTICAL} |" in text
     # the gate comes first, the declared outcomes before any number, then the paper's table
     order = [text.index(h) for h in ("## The gate", "## Outcomes declared before the run",
                                      "## The paper's result, side by side", "## Declared detection outcomes")]

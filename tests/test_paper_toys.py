@@ -14,7 +14,8 @@ from entangle.data.paper_digits import (COARSE_ONE, DIGITS, SETUPS, SLICES, Pape
                                         difficulty, dirty_values, flip_labels)
 from entangle.data.street_digits import ATTRIBUTE_NAMES
 from entangle.models.convnet import ConvNet, ConvNetNode, knn_error
-from entangle.stats import IMPROVED, WORSE, self_defeating
+from entangle.stats import IDENTICAL, IMPROVED, WORSE, self_defeating
+from entangle.tasks.paper_toys import results_markdown
 from entangle.testing import check_node
 
 SPLITS = ("up_train", "up_test", "train", "large", "test")
@@ -204,7 +205,12 @@ def test_each_experiment_runs_end_to_end_quick(compose_cfg, tmp_path, name):
     d = change["deltas"]
     assert d["total"]["mean"] == pytest.approx(
         d["upstream"]["mean"] + d["approximation"]["mean"] + d["estimation"]["mean"], abs=1e-9)
-    assert change["dominant_term"] in d and change["detectable"]["downstream"]["detectable"] > 0
+    assert change["dominant_term"] in d
+    # a change alike on every seed is identical over seeds (a legitimate result), with no
+    # smallest detectable effect; any spread gives a positive one
+    det = change["detectable"]["downstream"]
+    assert det["identical"] == (det["sd"] == 0)
+    assert det["detectable"] is None if det["identical"] else det["detectable"] > 0
     for dec in exp["decomposition"]:
         t = dec["terms"]
         if name == "entanglement":   # two upstreams: each one's part and their compatibility
@@ -223,3 +229,9 @@ def test_each_experiment_runs_end_to_end_quick(compose_cfg, tmp_path, name):
     assert (tmp_path / "run" / f"paper_toys_{name}.png").stat().st_size > 10_000
     table = (tmp_path / "run" / "RESULTS.md").read_text()
     assert "| Experiment (knob old → new) | Paper's claim |" in table and name.replace("_", " ") in table
+    if not change["self_defeating"]:
+        assert (f"| {IDENTICAL} |" if det["identical"] else f"| {det['detectable']:.3f} / ") in table
+    # rendered from report.json, a change alike on every seed reads "identical over seeds"
+    change["self_defeating"] = False
+    det.update(identical=True, sd=0.0, detectable=None, seeds_for_observed=None)
+    assert f"| {IDENTICAL} |" in results_markdown(report)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from entangle.stats import (IMPROVED, NOISE, WORSE, detectable_effect, interval, mean_sd, paired_delta,
-                            seeds_needed, self_defeating)
+from entangle.stats import (IDENTICAL, IMPROVED, NOISE, WORSE, detectable_effect, detectable_text, interval,
+                            mean_sd, paired_delta, seeds_needed, self_defeating)
 
 
 def test_interval_is_the_t_interval_of_the_mean():
@@ -52,3 +52,27 @@ def test_detectable_effect_matches_a_simulated_paired_t_test():
     need = seeds_needed(effect, sd)
     assert need == n or (need == n - 1 and detectable_effect(sd, n - 1) <= effect)
     assert seeds_needed(0.01, 1.0, most=50) is None
+
+
+def test_a_zero_variance_paired_delta_is_identical_over_seeds_not_a_detectable_effect_of_zero():
+    # every seed moved by 0.1 (up to float rounding of the subtraction): a deterministic change
+    pd = paired_delta([0.1, 0.2, 0.3], [0.2, 0.3, 0.4], higher_is_better=True)
+    assert pd.identical and pd.sd == 0.0 and pd.as_dict()["identical"]
+    assert pd.ci == (pd.mean, pd.mean) and pd.mean == pytest.approx(0.1) and pd.verdict == IMPROVED
+    assert math.isnan(detectable_effect(pd.sd, pd.n)) and seeds_needed(0.01, pd.sd) is None
+    assert detectable_text(detectable_effect(pd.sd, pd.n), pd.identical) == IDENTICAL
+    same = paired_delta([0.5, 0.6], [0.5, 0.6], higher_is_better=True)   # no change at all is noise
+    assert same.identical and same.verdict == NOISE
+    spread = paired_delta([0.1, 0.2, 0.3], [0.2, 0.25, 0.45], higher_is_better=True)
+    assert not spread.identical and spread.sd > 0
+    assert detectable_text(detectable_effect(spread.sd, spread.n), spread.identical) == \
+        f"{detectable_effect(spread.sd, spread.n):.3f}"
+    one = paired_delta([0.1], [0.2], higher_is_better=True)
+    assert not one.identical and detectable_text(detectable_effect(one.sd, one.n), one.identical) == "–"
+
+
+def test_seeds_needed_is_the_first_n_that_detects_the_effect():
+    sd, effect = 1.0, 0.7
+    first = next(n for n in range(2, 31) if detectable_effect(sd, n) <= effect)
+    assert seeds_needed(effect, sd, most=30) == first and seeds_needed(-effect, sd, most=30) == first
+    assert seeds_needed(effect, sd, most=first - 1) is None

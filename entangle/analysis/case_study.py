@@ -105,8 +105,9 @@ def detection_outcomes(study: Any, outcomes: Mapping[str, Sequence[str]], *,
 
     Per outcome: per-seed old/new, the paired delta with its interval and verdict (``undefined``
     when a seed cannot score it, e.g. no object near), the reference systems' means, the
-    smallest true effect the seeds detect with 80 % power (from the paired deltas' sd) and how
-    many seeds would detect an effect of each size in ``effects``.
+    smallest true effect the seeds detect with 80 % power (from the paired deltas' sd; NaN, with
+    ``identical`` true, when every seed's delta is the same) and how many seeds would detect an
+    effect of each size in ``effects``.
     """
     old, new = study.runs("old"), study.runs("new")
     out: dict[str, Any] = {}
@@ -119,10 +120,9 @@ def detection_outcomes(study: Any, outcomes: Mapping[str, Sequence[str]], *,
             if np.all(np.isfinite(o)) and np.all(np.isfinite(n)):
                 pd = paired_delta(o, n, higher_is_better=True)
                 row.update(pd.as_dict())
-                sd = float(np.std(np.subtract(n, o), ddof=1)) if len(o) > 1 else float("nan")
-                row["delta_sd"] = sd
-                row["detectable_effect"] = detectable_effect(sd, len(o))
-                row["seeds_needed"] = {f"{e:g}": seeds_needed(e, sd) for e in effects}
+                row["delta_sd"] = pd.sd
+                row["detectable_effect"] = detectable_effect(pd.sd, pd.n)
+                row["seeds_needed"] = {f"{e:g}": seeds_needed(e, pd.sd) for e in effects}
             else:
                 row.update({"delta_mean": float("nan"), "delta_ci": [float("nan")] * 2, "verdict": "undefined"})
             row["references"] = {name: float(np.nanmean([r.metrics(det).get(key, np.nan) for r in runs.values()]))
@@ -213,7 +213,7 @@ def paper_claims(nodes: Mapping[str, Any], near_far: Mapping[str, Any], outcomes
         rows.append({"claim": f"{det} detection after retraining is {'better' if want == IMPROVED else 'worse'}",
                      "paper": want, "here": got, "holds": got == want, "metric": key,
                      "delta_mean": r.get("delta_mean"), "delta_ci": r.get("delta_ci"),
-                     "detectable_effect": r.get("detectable_effect")})
+                     "detectable_effect": r.get("detectable_effect"), "identical": r.get("identical")})
     return rows
 
 

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from entangle.stats import IDENTICAL, detectable_text  # noqa: E402
+
 SYSTEM_COLORS = {"disparity loss": "#1565c0", "depth loss": "#c62828", "oracle": "#2e7d32", "sgbm": "#757575"}
 
 
@@ -147,15 +149,16 @@ def results_markdown(report: Mapping[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|---|---|"]
     for det, rows in report["outcomes"].items():
         for key, r in rows.items():
-            need = r.get("seeds_needed") or {}
+            need = {} if r.get("identical") else r.get("seeds_needed") or {}
             lines.append(f"| {det} | {outcome_label(key)} | {_fmt(np.nanmean(r['old']))} | "
                          f"{_fmt(np.nanmean(r['new']))} | {_delta(r)} | {r['verdict']} | "
-                         f"{_fmt(r.get('detectable_effect'))} | "
+                         f"{detectable_text(r.get('detectable_effect'), r.get('identical'))} | "
                          + " | ".join(str(need.get(e) if need.get(e) is not None else "> 1000")
                                       if need else "–" for e in ("0.01", "0.02", "0.05")) + " |")
     lines += ["", "Smallest detectable Δ: the true mean AP change that a paired t test over these seeds "
               "detects with 80 % power at the 95 % level, from the seed-to-seed sd of the paired deltas; "
-              "the last columns give the seeds needed for a true change of 0.01, 0.02, 0.05 AP.", ""]
+              "the last columns give the seeds needed for a true change of 0.01, 0.02, 0.05 AP; "
+              f"*{IDENTICAL}*: every seed's delta was the same, so there is no spread to size them by.", ""]
     lines += ["## Every node, disparity loss (old) vs depth loss (new)", "",
               "| node | metric | old | new | Δ (95% CI) | verdict |", "|---|---|---|---|---|---|"]
     for name, r in report["nodes"].items():

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from entangle.report.format import fmt_interval, fmt_number, fmt_signed, is_scalar
+from entangle.stats import IDENTICAL
 
 #: the width summary lines are wrapped to.
 WIDTH = 100
@@ -47,7 +48,8 @@ def node_lines(report: Mapping[str, Any]) -> list[str]:
         if not isinstance(r, Mapping) or "delta_mean" not in r:
             lines.append(f"  {name:<{width}}  {r.get('verdict') if isinstance(r, Mapping) else r}")
             continue
-        verdict = str(r.get("verdict")) + ("  SELF-DEFEATING" if name in flagged else "")
+        verdict = (str(r.get("verdict")) + (f" ({IDENTICAL})" if r.get("identical") else "")
+                   + ("  SELF-DEFEATING" if name in flagged else ""))
         mark = "*" if name == report.get("changed") else " "
         lines.append(f" {mark}{name:<{width}}  {metrics[name]:<{mwidth}} "
                      f"{fmt_number(_mean(r.get('old'))):>8} → {fmt_number(_mean(r.get('new'))):<8} "

@@ -30,8 +30,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from entangle.compare import improvement
-from entangle.decompose import Estimators, decompose, decompose_change, dominant_term
-from entangle.stats import detectable_effect, interval, seeds_needed
+from entangle.decompose import Estimators, decompose, decompose_change
+from entangle.stats import (IDENTICAL, detectable_effect, detectable_text, interval, paired_delta,
+                            seeds_needed)
 from entangle.study import ConfigError, Study, executor_from_config, seeds_from_config, store_from_config
 from entangle.system import System
 from entangle.tasks import output_dir, write_results
@@ -162,30 +163,16 @@ def _metrics_by_value(runs: Mapping[int, Any], seeds: Sequence[int], node: str, 
     return {k: interval([p[k] for p in per], confidence) for k in per[0]}
 
 
-def refined_deltas(ch, confidence: float) -> tuple[dict[str, Any], str]:
-    """The change's deltas with the upstream delta split by the level terms when the downstream
-    reads several upstreams (``upstream:NAME`` and ``compatibility`` of the old and new
-    decompositions, paired by seed) and the dominant term over the finest split."""
-    deltas = {k: np.asarray(v) for k, v in ch.deltas.items()}
-    parts = [k for k in ch.old.terms if k.startswith("upstream:") or k == "compatibility"]
-    if parts and "compatibility" not in deltas:
-        for k in parts:
-            deltas[k] = np.asarray(ch.new.terms[k]) - np.asarray(ch.old.terms[k])
-    term = dominant_term(deltas, float(np.mean(deltas["total"])))
-    return {k: interval(v, confidence) for k, v in deltas.items()}, term
-
-
 def detectability(old: Sequence[float], new: Sequence[float], confidence: float,
                   sign: float = 1.0) -> dict[str, Any]:
     """The smallest true paired change these seeds detect (power 0.8), and the seeds needed to
     detect the change observed, from the sd of the paired per-seed differences (``sign``: −1
-    turns accuracy deltas into error deltas)."""
-    d = sign * (np.asarray(new, dtype=np.float64) - np.asarray(old, dtype=np.float64))
-    sd = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
-    mean = float(d.mean())
-    return {"sd": sd, "observed": mean,
-            "detectable": detectable_effect(sd, len(d), confidence=confidence),
-            "seeds_for_observed": seeds_needed(mean, sd, confidence=confidence) if sd > 0 else None}
+    turns accuracy deltas into error deltas); ``identical`` when that sd is 0 (no detectable)."""
+    pd = paired_delta(old, new, higher_is_better=True, confidence=confidence)
+    mean = sign * pd.mean
+    return {"sd": pd.sd, "observed": mean, "identical": pd.identical,
+            "detectable": detectable_effect(pd.sd, pd.n, confidence=confidence),
+            "seeds_for_observed": seeds_needed(mean, pd.sd, confidence=confidence)}
 
 
 def run_experiment(name: str, exp: DictConfig, prof: Any, reference_cfg: Any, seeds_: list[int],
@@ -217,7 +204,6 @@ def run_experiment(name: str, exp: DictConfig, prof: Any, reference_cfg: Any, se
         compared = improvement(study, splits={u: judge_split for u in judged}, confidence=confidence)
         ch = decompose_change(study.old, study.new, v, seeds_, store, changed=changed, estimators=est,
                               confidence=confidence, fit=study.fit)
-        deltas, term = refined_deltas(ch, confidence)
         flagged = any(f["downstream"] == v for f in compared["self_defeating"])
         nodes = compared["nodes"]
         changes.append({
@@ -226,9 +212,8 @@ def run_experiment(name: str, exp: DictConfig, prof: Any, reference_cfg: Any, se
                          for u in judged if u in nodes},
             "downstream": {k: nodes[v][k] for k in ("metric", "old", "new", "delta_mean", "delta_ci", "verdict")},
             "self_defeating": flagged,
-            "deltas": deltas, "dominant_term": term,
-            "dominant": "upstream" if term.startswith("upstream") else term,
-            "engine_dominant_term": ch.report["dominant_term"], "sentence": ch.report["sentence"],
+            "deltas": ch.report["deltas"], "dominant_term": ch.report["dominant_term"],
+            "dominant": ch.report["dominant"], "sentence": ch.report["sentence"],
             "detectable": {"downstream": detectability(nodes[v]["old"], nodes[v]["new"], confidence,
                                                        _sign(nodes[v]["metric"])),
                            **{f"upstream:{u}": detectability(nodes[u]["old"], nodes[u]["new"], confidence,
@@ -366,7 +351,8 @@ def results_markdown(report: Mapping[str, Any]) -> str:
              "getting worse: only where the downstream's log loss rose). Where a change is not "
              "self-defeating, *detectable* is the smallest true change of the downstream's error "
              "these seeds detect (power 0.8, `stats.detectable_effect`) and, where the downstream's "
-             "error rose, the seeds that rise would need to be detected (`stats.seeds_needed`).", "",
+             "error rose, the seeds that rise would need to be detected (`stats.seeds_needed`); "
+             f"*{IDENTICAL}* where every seed's change was the same (no spread to size an effect by).", "",
              "| Experiment (knob old → new) | Paper's claim | Upstream: own loss, old → new (Δ [95% CI]) | "
              "Downstream error, old → new (Δ [95% CI]) | Self-defeating | Dominant term (Δ nats) vs "
              "paper's | The paper's term: Δ nats [95% CI] | Detectable Δ error / seeds for the observed Δ |",
@@ -401,7 +387,8 @@ def results_markdown(report: Mapping[str, Any]) -> str:
                 need = "— (Δ ≤ 0)"
             elif need is None:
                 need = "> 1000"
-            detect = "—" if ch["self_defeating"] else f"{det['detectable']:.3f} / {need}"
+            detect = ("—" if ch["self_defeating"] else IDENTICAL if det.get("identical")
+                      else f"{detectable_text(det['detectable'], False)} / {need}")
             claim = paper.get("claim", "") if i == 1 else "〃"
             own = paper_term(ch, mech)
             own_cell = f"{own}: {_ci(ch['deltas'][own])}" if own else "—"
@@ -473,7 +460,7 @@ def _experiment_section(exp: Mapping[str, Any]) -> list[str]:
                    f"{sg * dn['delta_mean']:+.4f} [{lo:+.4f}, {hi:+.4f}] ({dn['verdict']}); "
                    f"{'**self-defeating**' if ch['self_defeating'] else 'not self-defeating'}; "
                    f"dominant {ch['dominant_term']}; Δ log loss {_ci(ch['deltas']['total'])}: {terms}. "
-                   f"Detectable Δ error {det['detectable']:.4f}.")
+                   f"Detectable Δ error {detectable_text(det['detectable'], det.get('identical'), '.4f')}.")
     out.append("")
     warnings = sorted({w for d in exp["decomposition"] for w in d["warnings"]})
     if warnings:
