@@ -114,8 +114,10 @@ def paired_delta(old: Sequence[float], new: Sequence[float], *, higher_is_better
     if n < 2:
         return PairedDelta(mean, (float("nan"), float("nan")), NOISE, n)
     sd = float(d.std(ddof=1))
-    if sd <= ROUNDING * max(1.0, float(np.abs(a).max()), float(np.abs(b).max())):
-        sd = 0.0   # the same difference on every seed, up to the float path that computed it
+    rounding = ROUNDING * max(1.0, float(np.abs(a).max()), float(np.abs(b).max()))
+    if sd <= rounding:   # the same difference on every seed, up to the float path that computed it
+        sd = 0.0
+        mean = 0.0 if abs(mean) <= rounding else mean   # and no difference is no difference
     lo = hi = mean
     if sd > 0.0:
         half = _half_width(sd, n, confidence)

@@ -63,6 +63,8 @@ def test_a_zero_variance_paired_delta_is_identical_over_seeds_not_a_detectable_e
     assert detectable_text(detectable_effect(pd.sd, pd.n), pd.identical) == IDENTICAL
     same = paired_delta([0.5, 0.6], [0.5, 0.6], higher_is_better=True)   # no change at all is noise
     assert same.identical and same.verdict == NOISE
+    rounded = paired_delta([0.3, 0.6], [0.1 + 0.2, 0.2 + 0.4], higher_is_better=True)   # nor is rounding
+    assert rounded.identical and rounded.mean == 0.0 and rounded.verdict == NOISE
     spread = paired_delta([0.1, 0.2, 0.3], [0.2, 0.25, 0.45], higher_is_better=True)
     assert not spread.identical and spread.sd > 0
     assert detectable_text(detectable_effect(spread.sd, spread.n), spread.identical) == \
