@@ -19,7 +19,7 @@ import tempfile
 import time
 
 import entangle.executor as executor_mod
-from entangle.data.toy_systems import LinearGaussianSource
+from entangle.data.toy_systems import ridge_chain
 from entangle.data.toys import GaussianSource
 from entangle.decompose import Estimators, decomposition
 from entangle.executor import LocalExecutor, ProcessExecutor, RayExecutor
@@ -50,27 +50,12 @@ def timed(executor, seeds, tmp) -> tuple[float, dict]:
     return elapsed, {(s, n): runs[s].metrics(n) for s in seeds for n in ("left", "right")}
 
 
-def chain(alpha: float) -> System:
-    """A ridge upstream feeding a linear downstream: a tiny system to decompose."""
-    from sklearn.linear_model import LinearRegression, Ridge
-    src = LinearGaussianSource(variances=[1.0, 1.0], outputs={
-        "view": {"weights": [[1.0, 0.0], [0.3, 1.0]]}, "t": {"weights": [1.0, 0.5], "noise": 0.3},
-        "y": {"weights": [1.5, 0.0], "noise": 0.5}},
-        sizes={"upstream": 100, "train": 30, "large": 200, "test": 200})
-    return System({"data": src,
-                   "up": NodeSpec(SklearnNode(estimator=Ridge(alpha=alpha)), inputs={"v": "data.view"},
-                                  targets={"y": "data.t"}, fit_split="upstream"),
-                   "v": NodeSpec(SklearnNode(estimator=LinearRegression()), inputs={"s": "up.pred"},
-                                 targets={"y": "data.y"}, output=True)},
-                  splits=("upstream", "train", "large", "test"))
-
-
 def timed_decomposition(executor, tmp) -> tuple[float, dict]:
     """Wall time and deltas of decomposing a tiny study's change (the study closed at the end)."""
     from sklearn.linear_model import LinearRegression
     est = Estimators(reference=SklearnNode(estimator=LinearRegression()), oracle={"up.pred": "data.x"})
     t0 = time.perf_counter()
-    with Study(chain(1000.0), new=chain(0.1), seeds=[0, 1], store=Store(tmp), executor=executor) as study:
+    with Study(ridge_chain(1000.0), new=ridge_chain(0.1), seeds=[0, 1], store=Store(tmp), executor=executor) as study:
         deltas = decomposition(study, nodes={"v": est})["v"]["deltas"]
     return time.perf_counter() - t0, deltas
 
@@ -101,7 +86,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(1)  # the same thread count as each worker, so results are bit-identical
     if args.decomposition:
-        chain(1.0).keys(0)    # the code is hashed once per process: outside both timings
+        ridge_chain(1.0).keys(0)    # the code is hashed once per process: outside both timings
         with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
             d_local, r_local = timed_decomposition(LocalExecutor(), a)
             with counting_pools() as opened:

@@ -4,29 +4,15 @@ from __future__ import annotations
 
 import gc
 
-from sklearn.linear_model import LinearRegression, Ridge
+from sklearn.linear_model import LinearRegression
 
 import entangle.executor as executor_mod
-from entangle.data.toy_systems import LinearGaussianSource
+from entangle.data.toy_systems import ridge_chain
 from entangle.decompose import Estimators, decomposition
 from entangle.executor import ProcessExecutor
 from entangle.node import SklearnNode
 from entangle.store import Store
 from entangle.study import Study
-from entangle.system import NodeSpec, System
-
-
-def chain(alpha: float) -> System:
-    src = LinearGaussianSource(variances=[1.0, 1.0], outputs={
-        "view": {"weights": [[1.0, 0.0], [0.3, 1.0]]}, "t": {"weights": [1.0, 0.5], "noise": 0.3},
-        "y": {"weights": [1.5, 0.0], "noise": 0.5}},
-        sizes={"upstream": 100, "train": 30, "large": 200, "test": 200})
-    return System({"data": src,
-                   "up": NodeSpec(SklearnNode(estimator=Ridge(alpha=alpha)), inputs={"v": "data.view"},
-                                  targets={"y": "data.t"}, fit_split="upstream"),
-                   "v": NodeSpec(SklearnNode(estimator=LinearRegression()), inputs={"s": "up.pred"},
-                                 targets={"y": "data.y"}, output=True)},
-                  splits=("upstream", "train", "large", "test"))
 
 
 def decompose_tiny(study: Study) -> dict:
@@ -47,14 +33,14 @@ def test_a_decomposition_on_the_process_pool_opens_one_pool_and_gives_the_local_
             super().shutdown(*args, **kwargs)
 
     monkeypatch.setattr(executor_mod, "ProcessPoolExecutor", CountedPool)
-    systems = dict(old=chain(1000.0), new=chain(0.1), seeds=[0, 1])
+    systems = dict(old=ridge_chain(1000.0), new=ridge_chain(0.1), seeds=[0, 1])
     local = decompose_tiny(Study(store=Store(tmp_path / "l"), **systems))
     with Study(store=Store(tmp_path / "p"), executor=ProcessExecutor(workers=2), **systems) as study:
         assert decompose_tiny(study) == local     # several derived systems, every one through the pool
         assert len(opened) == 1 and not shut
     assert shut == opened                         # the end of the study shuts its pool down
     forgotten = ProcessExecutor(workers=1)
-    forgotten.run(chain(1000.0), [0, 1], Store(tmp_path / "p"))   # all served from the store
+    forgotten.run(ridge_chain(1000.0), [0, 1], Store(tmp_path / "p"))   # all served from the store
     assert len(opened) == 2 and len(shut) == 1
     del forgotten
     gc.collect()

@@ -24,7 +24,7 @@ from numpy.polynomial import polynomial as P
 
 from entangle.data.toys import split_rng
 from entangle.node import BaseNode, NotFittedError, SklearnNode, Source, _one_target, _stack_inputs
-from entangle.system import parse_ref
+from entangle.system import NodeSpec, System, parse_ref
 
 log = logging.getLogger(__name__)
 
@@ -560,3 +560,19 @@ def closed_form_terms(values: Mapping[str, Any]) -> dict[str, float]:
             terms[f"upstream:{u}"] = part
         terms["compatibility"] = terms["upstream"] - sum(parts.values())
     return terms
+
+
+def ridge_chain(alpha: float) -> System:
+    """A tiny two-node system: a ridge upstream (penalty ``alpha``) feeding a linear downstream,
+    for benchmarks and tests of the machinery around a study (executors, pools, stores)."""
+    from sklearn.linear_model import LinearRegression, Ridge
+    src = LinearGaussianSource(variances=[1.0, 1.0], outputs={
+        "view": {"weights": [[1.0, 0.0], [0.3, 1.0]]}, "t": {"weights": [1.0, 0.5], "noise": 0.3},
+        "y": {"weights": [1.5, 0.0], "noise": 0.5}},
+        sizes={"upstream": 100, "train": 30, "large": 200, "test": 200})
+    return System({"data": src,
+                   "up": NodeSpec(SklearnNode(estimator=Ridge(alpha=alpha)), inputs={"v": "data.view"},
+                                  targets={"y": "data.t"}, fit_split="upstream"),
+                   "v": NodeSpec(SklearnNode(estimator=LinearRegression()), inputs={"s": "up.pred"},
+                                 targets={"y": "data.y"}, output=True)},
+                  splits=("upstream", "train", "large", "test"))
