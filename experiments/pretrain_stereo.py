@@ -1,4 +1,13 @@
-"""Pretrain the stereo network on flying objects and write the checkpoint the case study ships.
+"""Pretrain a stereo model on flying objects and write the checkpoint the case study ships.
+
+``--model refiner`` (the default) pretrains the hybrid upstream's residual refiner of SGBM
+(:class:`entangle.models.stereo_refiner.StereoRefiner`: SGBM runs on every flying image first,
+as the ``sgbm`` node does on the street) and writes it with
+:func:`entangle.models.stereo_refiner.save_refiner`::
+
+    python experiments/pretrain_stereo.py --out datasets/checkpoints/refiner_pretrained.pt
+
+``--model network`` pretrains the end-to-end network (the GPU pipeline's upstream), as below.
 
 The paper's PSMNet was pretrained on SceneFlow and then fine-tuned on KITTI; here the network
 of :class:`entangle.models.stereo.StereoNet` is pretrained on :mod:`entangle.data.flying` (the
@@ -29,12 +38,15 @@ import numpy as np
 import torch
 
 from entangle.data.flying import FlyingSource
-from entangle.models.stereo import StereoNet, save_checkpoint
+from entangle.models.stereo import ClassicalStereo, StereoNet, save_checkpoint
+from entangle.models.stereo_refiner import StereoRefiner, save_refiner
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="checkpoint file to write")
+    parser.add_argument("--model", choices=("refiner", "network"), default="refiner",
+                        help="the SGBM refiner (default) or the end-to-end network")
     parser.add_argument("--images", type=int, default=3000, help="flying-objects training images")
     parser.add_argument("--val", type=int, default=64, help="held-out flying images")
     parser.add_argument("--epochs", type=int, default=1)
@@ -44,15 +56,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="initialisation and order")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2, help="rendering processes")
-    parser.add_argument("--net", default="{}", help="JSON network options of StereoNet (disp_step, "
-                        "refine, ...); StereoNet's defaults otherwise")
+    parser.add_argument("--net", default="{}", help="JSON options of the model (StereoRefiner: "
+                        "channels, dilations; StereoNet: disp_step, refine, ...); its defaults otherwise")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     load0 = os.getloadavg()[0]
 
     net = json.loads(args.net)
-    max_disp = StereoNet(**net).max_disp
+    max_disp = StereoNet(**net).max_disp if args.model == "network" else 64
     source = FlyingSource(n_train=args.images, n_val=args.val, seed=args.data_seed,
                           config={"max_disp": max_disp}, workers=args.workers)
     t0 = time.perf_counter()
@@ -60,22 +72,39 @@ def main() -> None:
     val = source.load("val", 0)
     t_render = time.perf_counter() - t0
     keys = ("left", "right", "calib", "baseline")
-    node = StereoNet(objective="disparity", epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                     crop=None, **net)
+    x_train, x_val = ({k: d[k] for k in keys} for d in (train, val))
+    t_sgbm = 0.0
+    if args.model == "refiner":
+        # the refiner reads SGBM's answer, computed here as the pipeline's sgbm node computes it
+        t0 = time.perf_counter()
+        sgbm = ClassicalStereo(method="sgbm").fit({}, {}, seed=0)
+        for x in (x_train, x_val):
+            out = sgbm.predict(x)
+            x.update(disparity=out["disparity"], matched=out["matched"])
+        t_sgbm = time.perf_counter() - t0
+        node = StereoRefiner(objective="disparity", epochs=args.epochs, lr=args.lr,
+                             batch_size=args.batch_size, crop=None, device="cpu", **net)
+    else:
+        node = StereoNet(objective="disparity", epochs=args.epochs, lr=args.lr,
+                         batch_size=args.batch_size, crop=None, **net)
     t0 = time.perf_counter()
-    node.fit({k: train[k] for k in keys}, {"disparity": train["disparity"]}, seed=args.seed)
+    node.fit(x_train, {"disparity": train["disparity"]}, seed=args.seed)
     t_train = time.perf_counter() - t0
-    score = node.score(node.predict({k: val[k] for k in keys}), {"disparity": val["disparity"]})
+    score = node.score(node.predict(x_val), {"disparity": val["disparity"]})
+    if args.model == "refiner":
+        base = sgbm.score(sgbm.predict({k: val[k] for k in keys}), {"disparity": val["disparity"]})
+        print(f"held-out flying images, SGBM alone: EPE {base['epe']:.3f} px, D1 {100 * base['d1']:.2f} %")
     load1 = os.getloadavg()[0]
     meta = {"command": "python experiments/pretrain_stereo.py " + " ".join(sys.argv[1:]),
-            "options": vars(args), "network": node.network_config().to_dict(),
+            "options": vars(args), "model": args.model,
+            "network": (node.refiner_config() if args.model == "refiner" else node.network_config()).to_dict(),
             "data": {"source": "entangle.data.flying.FlyingSource", **source.get_params()},
-            "seconds": {"render": round(t_render, 1), "train": round(t_train, 1)},
+            "seconds": {"render": round(t_render, 1), "sgbm": round(t_sgbm, 1), "train": round(t_train, 1)},
             "load_average": [round(load0, 2), round(load1, 2)], "threads": args.threads,
             "torch": torch.__version__, "machine": platform.machine(),
             "val": {"epe": round(score["epe"], 4), "d1": round(score["d1"], 4)},
             "train_loss": [round(float(v), 4) for v in node.train_loss_]}
-    digest = save_checkpoint(node, args.out, **meta)
+    digest = (save_refiner if args.model == "refiner" else save_checkpoint)(node, args.out, **meta)
     size = os.path.getsize(args.out)
     # beside it, what a StereoCheckpoint node is configured with and how the file was made
     sidecar = Path(args.out).with_suffix(".json")

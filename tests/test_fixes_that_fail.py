@@ -65,6 +65,19 @@ def test_report_contract(quick):
     cells = [c for per_bin in oracle.values() for c in per_bin.values() if c["n"]]
     assert cells and all(c["median"] == 0.0 for c in cells)
     assert isinstance(gate["verdict"]["passed"], bool) and gate["verdict"]["reference"] == "sgbm"
+    # every seed of each learned system is checked (per-seed medians), and the per-bin paired
+    # difference depth loss − disparity loss over the two seeds is reported
+    cell = gate["table"]["systems"]["depth loss"]["car"]["10-20"]
+    assert len(cell["medians"]) == 2 or cell["n"] == 0
+    assert set(gate["paired"]) == {"car", "pedestrian"} and isinstance(gate["nothing_to_test"], bool)
+    for cells in gate["paired"].values():
+        for c in cells.values():
+            assert c["better"] in {"depth loss", "disparity loss", "neither (noise)"}
+    # the instrument's gate, first: the detectors on ground-truth depth against their floors
+    ceiling = on_disk["ceiling"]
+    assert ceiling["detectors"]["car"]["floor"] == 0.6 and ceiling["detectors"]["pedestrian"]["floor"] == 0.4
+    assert ceiling["detectors"]["car"]["metric"] == declared["primary"]["car"]
+    assert isinstance(ceiling["passed"], bool)
     # the decomposition of both detectors' risk changes
     for det in ("car", "pedestrian"):
         terms = on_disk["decomposition"][det]
@@ -93,7 +106,8 @@ def test_figures_and_results_table(quick):
     if any(r["identical"] for r in rows):
         assert f"| {IDENTICAL} |" in text
     # the gate comes first, the declared outcomes before any number, then the paper's table
-    order = [text.index(h) for h in ("## The gate", "## Outcomes declared before the run",
+    order = [text.index(h) for h in ("## Gate 1, the instrument", "## Gate 2, the upstream",
+                                     "## Outcomes declared before the run",
                                      "## The paper's result, side by side", "## Declared detection outcomes")]
     assert order == sorted(order)
 

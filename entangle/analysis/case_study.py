@@ -4,8 +4,11 @@ Each is a function of the :class:`~entangle.study.Study` (its old system: the st
 with the disparity loss; its new one: the depth loss; its references: the oracle and SGBM), so
 everything is fitted once, through the study's executor and store.
 
+- :func:`ceiling_gate`: with ground-truth depth, do the detectors reach their floors? They are
+  the instrument; a detector that cannot detect from perfect depth measures nothing.
 - :func:`gate`: object-pixel depth error per class and distance bin of the learned systems next
-  to SGBM and the oracle, and whether the learned stereo beats SGBM on both classes up to 40 m.
+  to SGBM and the oracle, whether the learned stereo beats SGBM on both classes up to 40 m on
+  every seed, and the per-bin paired difference depth loss − disparity loss over seeds.
   A detector verdict means something only when the upstream earns its place: every report says
   the gate's answer before anything else.
 - :func:`depth_by_distance` and :func:`near_far_deltas`: where each loss is better.
@@ -52,7 +55,8 @@ def gate(study: Any, runs: Mapping[str, Mapping[int, Any]], *, stereo: str = "st
          source: str = "world", up_to: float = 40.0, reference: str = "sgbm") -> dict[str, Any]:
     """Object-pixel depth error per class and distance bin for every system (mean over its seeds),
     and the gate verdict: every learned system beats ``reference`` in every bin up to ``up_to``."""
-    from entangle.analysis.object_errors import format_gate_table, gate_table, gate_verdict
+    from entangle.analysis.object_errors import (format_gate_table, gate_table, gate_verdict,
+                                                 paired_bin_differences)
     first = next(iter(runs.values()))
     split = study.old.eval_split
     world = first[next(iter(first))].values(source, split)
@@ -63,8 +67,29 @@ def gate(study: Any, runs: Mapping[str, Mapping[int, Any]], *, stereo: str = "st
     verdict = gate_verdict(table, learned, reference=reference, up_to=up_to) if reference in table["systems"] \
         else {"passed": None, "reference": reference, "up_to": up_to, "systems": {},
               "note": f"no {reference!r} reference system: the gate cannot be checked"}
-    return {"table": table, "verdict": verdict, "markdown": format_gate_table(table, verdict if
-                                                                            verdict.get("systems") else None)}
+    # where each loss is better on the objects: the paper's depth pattern, per class and bin
+    paired = paired_bin_differences(table, *learned, up_to=up_to)
+    cells = [c for per_class in paired.values() for c in per_class.values()]
+    nothing = bool(cells) and all(c["better"] == "neither (noise)" for c in cells)
+    return {"table": table, "verdict": verdict, "paired": paired, "nothing_to_test": nothing,
+            "markdown": format_gate_table(table, verdict if verdict.get("systems") else None)}
+
+
+def ceiling_gate(runs: Mapping[str, Mapping[int, Any]], primary: Mapping[str, str],
+                 floors: Mapping[str, float], oracle: str = "oracle") -> dict[str, Any]:
+    """The instrument's gate: with ground-truth depth (the ``oracle`` system) each detector's
+    ``primary`` metric (mean over the oracle's seeds) must reach its floor."""
+    if oracle not in runs:
+        return {"passed": None, "note": f"no {oracle!r} reference system: the ceiling cannot be checked",
+                "detectors": {}}
+    out: dict[str, Any] = {"oracle": oracle, "detectors": {}}
+    for det, floor in floors.items():
+        values = [r.metrics(det).get(primary[det], float("nan")) for r in runs[oracle].values()]
+        value = float(np.mean(values))
+        out["detectors"][det] = {"metric": primary[det], "value": value, "floor": float(floor),
+                                 "seeds": len(values), "passed": bool(value >= float(floor))}
+    out["passed"] = all(d["passed"] for d in out["detectors"].values())
+    return out
 
 
 # -- depth by distance ---------------------------------------------------------------------------

@@ -578,7 +578,8 @@ class ClassicalStereo(_StereoOutputs):
     is ``num_disparities`` from ``params`` or, per image, enough to reach ``min_depth`` metres.
     Invalid pixels are filled by KITTI's background interpolation when ``fill_holes`` (so every
     pixel has a depth, as the devkit scores it); otherwise they stay 0 and ``score`` reports the
-    ``density``.
+    ``density``. A fourth output, ``matched`` (N, H, W) uint8, is 1 where the matcher found a
+    match (what a refiner downstream reads as the invalid mask).
 
     Parameters
     ----------
@@ -596,7 +597,8 @@ class ClassicalStereo(_StereoOutputs):
     """
 
     input_kinds = {"left": "image", "right": "image", "calib": "calib", "baseline": "scalar"}
-    version = "1"
+    output_kinds = {**_StereoOutputs.output_kinds, "matched": "mask"}
+    version = "2"
 
     def __init__(self, *, method: str = "sgbm", params: dict | None = None, min_depth: float = 3.0,
                  fill_holes: bool = True, objective: str = "disparity", max_depth: float = 80.0):
@@ -628,6 +630,7 @@ class ClassicalStereo(_StereoOutputs):
         fb = focal_baseline(inputs, len(left), owner)
         match = self._matcher()
         disparity = np.zeros(left.shape[:3], dtype=np.float32)
+        matched = np.zeros(left.shape[:3], dtype=np.uint8)
         for i in range(len(left)):
             kwargs = dict(self.params or {})
             if kwargs.get("num_disparities") is None:
@@ -637,8 +640,9 @@ class ClassicalStereo(_StereoOutputs):
                 raise NodeError(f"{owner}: {self.method} returned shape {d.shape} for sample {i}, "
                                 f"expected {left.shape[1:3]}")
             # NaN marks no match: fill it, or keep it as the project's invalid value 0
+            matched[i] = np.isfinite(d) & (d > 0)
             disparity[i] = fill_invalid(d) if self.fill_holes else np.nan_to_num(d, nan=0.0)
-        return self._outputs(disparity, fb)
+        return {**self._outputs(disparity, fb), "matched": matched}
 
     def state_dict(self) -> dict[str, Any]:
         return {"fitted_": True}

@@ -597,6 +597,7 @@ def stress_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
 
 #: report keys of analyses that get a section of their own, with its title.
 ANALYSIS_TITLES = {
+    "ceiling": "Gate 1: the detectors on ground-truth depth (the instrument)",
     "gate": "Gate: the upstream on its objects' pixels, against SGBM and the oracle",
     "outcomes": "Declared outcomes",
     "paper": "The paper's claims",
@@ -656,18 +657,28 @@ def failed_section(report: Mapping[str, Any], ctx: Context) -> Section | None:
 def gate_answer(report: Mapping[str, Any]) -> list[Sentence]:
     """The case study's gate first: does the learned upstream earn its place (beat the classical
     baseline on the objects the detectors read)? Every detector verdict below depends on it."""
+    out: list[Sentence] = []
+    ceiling = report.get("ceiling")
+    if isinstance(ceiling, Mapping) and ceiling.get("passed") is not None:
+        cells = ", ".join(f"{det} {d['value']:.3f} (floor {d['floor']:g})"
+                          for det, d in (ceiling.get("detectors") or {}).items())
+        out.append([_em("b", "Ceiling gate passed:") if ceiling["passed"] else _em("flag", "Ceiling gate failed:"),
+                    f" with ground-truth depth the detectors reach {cells}."])
     verdict = (report.get("gate") or {}).get("verdict") if isinstance(report.get("gate"), Mapping) else None
     if not isinstance(verdict, Mapping) or verdict.get("passed") is None:
-        return []
+        return out
     where = f"on object pixels, both classes, up to {verdict.get('up_to', 40):g} m"
+    if report["gate"].get("nothing_to_test"):
+        out.append([_em("flag", "Nothing to test:"), " on the objects, every per-bin interval of depth loss − "
+                    "disparity loss covers zero."])
     if verdict["passed"]:
-        return [[_em("b", "Gate passed:"),
-                 f" the learned stereo beats {verdict.get('reference', 'SGBM')} {where}."]]
+        return out + [[_em("b", "Gate passed:"),
+                       f" the learned stereo beats {verdict.get('reference', 'SGBM')} {where} on every seed."]]
     failing = "; ".join(f"{name}: " + ", ".join(v.get("failing", []))
                         for name, v in (verdict.get("systems") or {}).items() if not v.get("passed"))
-    return [[_em("flag", "Gate failed:"),
-             f" the learned stereo does not beat {verdict.get('reference', 'SGBM')} {where} ({failing}); "
-             "the detector verdicts below do not test the paper's mechanism."]]
+    return out + [[_em("flag", "Gate failed:"),
+                   f" the learned stereo does not beat {verdict.get('reference', 'SGBM')} {where} ({failing}); "
+                   "the detector verdicts below do not test the paper's mechanism."]]
 
 
 def failed_answer(report: Mapping[str, Any]) -> list[Sentence]:

@@ -1,0 +1,136 @@
+"""A small residual refiner of a classical disparity map, sized to train on a CPU in minutes.
+
+Production stereo often refines a classical matcher's answer rather than replacing it ("detect,
+replace, refine": Gidaris & Komodakis, CVPR 2017; Neural Disparity Refinement, Aleotti et al.,
+3DV 2021). The network reads, at full resolution:
+
+* the left image (3 channels, normalised);
+* the classical disparity ``d0`` (divided by :attr:`RefinerConfig.scale`) and its invalid mask
+  (pixels the matcher left unmatched and the hole filling invented);
+* the **sub-pixel phase** of ``d0`` as ``sin``/``cos`` of ``2π·d0``: SGM's parabola fit is biased
+  towards whole pixels (Haller et al. 2010), a bias that depends on the phase alone;
+* the **photometric error** (luminance) of the right image warped at ``d0 + o`` for the offsets
+  :data:`OFFSETS` (−2 … +2 px), averaged over :data:`BLOCK` × :data:`BLOCK` windows, and the
+  unaveraged error at ``o = 0``: a local cost profile around the classical answer.
+
+A full-resolution stem keeps the edges; a stride-2 convolution and residual blocks dilated
+1, 2, 4, 1 at half resolution give a receptive field of about 80 px, enough to repair an
+object's gross errors from its edges and image; two full-resolution 3 × 3 convolutions join
+both and emit a correction, and the output is ``d0 + correction``. That last layer starts
+at exactly zero, so an untrained refiner outputs ``d0`` bit for bit: the classical answer is
+the design's floor, and every change is learned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from entangle.models.stereo_net import ResBlock, conv2d_bn, warp_right
+
+#: disparity offsets (px) around the classical answer at which the right image is compared
+OFFSETS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
+#: side of the window the photometric errors are averaged over (px)
+BLOCK = 5
+#: feature channels: image 3, disparity 1, invalid 1, phase 2, centre error 1, profile
+IN_CHANNELS = 3 + 1 + 1 + 2 + 1 + len(OFFSETS)
+
+
+@dataclass(frozen=True)
+class RefinerConfig:
+    """The refiner's shape: ``channels`` of its half-resolution body (the full-resolution layers
+    have half as many), ``dilations`` of the body's residual blocks, ``scale`` (px) the
+    disparity input is divided by, and ``max_correction`` (px): when set, the correction is
+    ``m·tanh(z / m)``, at most ``m`` either way (a refiner of what SGBM matched, not a
+    replacement of what it missed); None leaves it unbounded."""
+
+    channels: int = 16
+    dilations: tuple[int, ...] = (1, 2, 4, 1)
+    scale: float = 64.0
+    max_correction: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        if int(self.channels) < 1:
+            raise ValueError(f"channels must be a positive integer, got {self.channels!r}")
+        if not self.dilations or any(d < 1 for d in self.dilations):
+            raise ValueError(f"dilations must be positive integers, got {self.dilations!r}")
+        if not (float(self.scale) > 0):
+            raise ValueError(f"scale must be positive, got {self.scale!r}")
+        if self.max_correction is not None and not (float(self.max_correction) > 0):
+            raise ValueError(f"max_correction must be positive or None, got {self.max_correction!r}")
+
+    @property
+    def receptive_field(self) -> int:
+        """Width (px) of the input window one output pixel reads: full-resolution stem, the
+        stride-2 convolution, the half-resolution blocks (2 px per dilated pixel), the two
+        full-resolution convolutions after the upsampling."""
+        return 1 + 2 + 2 + 2 * 4 * sum(self.dilations) + 2 + 2 + 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["dilations"] = list(self.dilations)
+        return d
+
+
+def refiner_features(left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor,
+                     invalid: torch.Tensor, scale: float) -> torch.Tensor:
+    """The refiner's input ``(batch, IN_CHANNELS, H, W)`` (see the module docstring).
+
+    ``left``/``right`` normalised images (batch, 3, H, W); ``disparity`` the classical answer and
+    ``invalid`` its unmatched mask, (batch, H, W) float.
+    """
+    # on luminance: a third of the warping of colour, the cost of every scene's prediction
+    left_y, right_y = left.mean(dim=1, keepdim=True), right.mean(dim=1, keepdim=True)
+    errors = torch.cat([(left_y - warp_right(right_y, disparity + off)).abs()
+                        for off in OFFSETS], dim=1)                       # (batch, offsets, H, W)
+    centre = errors[:, OFFSETS.index(0.0)].unsqueeze(1)                   # (batch, 1, H, W)
+    profile = F.avg_pool2d(errors, BLOCK, stride=1, padding=BLOCK // 2,
+                           count_include_pad=False)                       # (batch, offsets, H, W)
+    phase = 2 * math.pi * disparity.unsqueeze(1)
+    return torch.cat([left, disparity.unsqueeze(1) / scale, invalid.unsqueeze(1),
+                      torch.sin(phase), torch.cos(phase), centre, profile], dim=1)
+
+
+class DisparityRefiner(nn.Module):
+    """Classical disparity plus a learned, image-guided correction (zero at initialisation).
+
+    A full-resolution stem keeps the edges; the context that repairs gross errors is gathered at
+    half resolution (a stride-2 convolution, dilated residual blocks), upsampled and joined with
+    the stem's features by two full-resolution convolutions, the last of which starts at zero.
+    """
+
+    def __init__(self, config: RefinerConfig | None = None):
+        super().__init__()
+        self.config = config or RefinerConfig()
+        c = int(self.config.channels)
+        fine = max(c // 2, 1)
+        self.stem = conv2d_bn(IN_CHANNELS, fine)
+        self.down = conv2d_bn(fine, c, stride=2)
+        self.blocks = nn.Sequential(*[ResBlock(c, d) for d in self.config.dilations])
+        self.fuse = conv2d_bn(fine + c, fine)
+        self.out = nn.Conv2d(fine, 1, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor,
+                invalid: torch.Tensor) -> torch.Tensor:
+        """(batch, 3, H, W) images, (batch, H, W) classical disparity and invalid mask ->
+        refined disparity (batch, H, W)."""
+        features = refiner_features(left, right, disparity, invalid, float(self.config.scale))
+        return disparity + self.correction(features)
+
+    def correction(self, features: torch.Tensor) -> torch.Tensor:
+        """The learned correction (batch, H, W) from :func:`refiner_features` (batch, C, H, W);
+        training computes the features on whole images and corrects crops of them."""
+        # channels-last: narrow convolutions at full resolution run faster on CPU
+        x = self.stem(features.contiguous(memory_format=torch.channels_last))
+        context = self.blocks(self.down(x))
+        context = F.interpolate(context, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        z = self.out(self.fuse(torch.cat([x, context], dim=1)))[:, 0]
+        m = self.config.max_correction
+        return z if m is None else float(m) * torch.tanh(z / float(m))

@@ -1,0 +1,336 @@
+"""The hybrid stereo upstream: a classical matcher's disparity plus a learned residual refiner.
+
+:class:`StereoRefiner` reads the rectified pair and a classical disparity map with its
+``matched`` mask (wired from a :class:`~entangle.models.stereo.ClassicalStereo` node, computed
+once per scene for every seed) and outputs the refined disparity, its depth and ``f·B`` like
+every stereo node (:mod:`entangle.models.stereo`), with the same metrics (``depth_mae``) and
+per-image loss. The network (:mod:`entangle.models.refine_net`) starts as the identity: an
+untrained refiner outputs the classical disparity bit for bit.
+
+Training minimises smooth-L1 of the refined disparity (``objective: disparity``) or of its depth
+``f·B / d`` (``objective: depth``) on valid pixels up to ``max_depth``: the disparity loss weighs
+every pixel's disparity error alike, so near objects dominate; the depth loss weighs a far pixel
+by ``Z²/(f·B)``: the mechanism of the "Fixes That Fail" case study acts on the refiner exactly as
+on PSMNet. :class:`RefinerCheckpoint` reads a pretrained refiner from a file with its SHA-256
+(the one every seed and both losses fine-tune from, via ``init``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from entangle.models.stereo import (IMAGE_MEAN, IMAGE_STD, _images, _resolve, _StereoOutputs,
+                                    _target_disparity, file_sha256, focal_baseline)
+from entangle.node import NotFittedError
+
+log = logging.getLogger(__name__)
+
+#: the ``format`` entry of a refiner checkpoint file (:func:`save_refiner`).
+REFINER_FORMAT = "entangle.refine_net/1"
+
+
+def _classical(inputs: Mapping[str, Any], shape: tuple[int, ...], owner: str) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs ``disparity`` (N, H, W) float and ``matched`` (N, H, W), checked against the images."""
+    out = []
+    for name in ("disparity", "matched"):
+        if name not in inputs:
+            raise ValueError(f"{owner}: missing input {name!r} (have {sorted(inputs)})")
+        a = np.asarray(inputs[name])
+        if a.shape != shape:
+            raise ValueError(f"{owner}: input {name!r} must have the images' shape {shape} "
+                             f"(N, H, W), got {a.shape}")
+        out.append(a)
+    disparity = out[0].astype(np.float32, copy=False)
+    bad = np.flatnonzero(~np.isfinite(disparity).reshape(len(disparity), -1).all(axis=1))
+    if bad.size:
+        raise ValueError(f"{owner}: input 'disparity' of sample {int(bad[0])} holds NaN or inf")
+    matched = out[1].astype(bool).reshape(len(disparity), -1)
+    empty = np.flatnonzero(~matched.any(axis=1))
+    if empty.size:
+        raise ValueError(f"{owner}: input 'matched' of sample {int(empty[0])} has no valid pixel "
+                         f"({empty.size} of {len(disparity)} samples): the classical matcher found "
+                         f"nothing to refine")
+    return disparity, out[1]
+
+
+class _RefinerNode(_StereoOutputs):
+    """What every node holding a fitted refiner shares: prediction and the stored state."""
+
+    input_kinds = {"left": "image", "right": "image", "disparity": "disparity", "matched": "mask",
+                   "calib": "calib", "baseline": "scalar"}
+    execution_params = ("device",)
+
+    batch_size: int
+    device: str
+
+    def refiner_config(self):
+        """The :class:`~entangle.models.refine_net.RefinerConfig` of the network."""
+        raise NotImplementedError
+
+    def _fitted_module(self):
+        if not hasattr(self, "module_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted; call fit first")
+        return self.module_
+
+    @staticmethod
+    def _tensors(left, right, disparity, matched, device):
+        """Normalised (B, 3, H, W) images and (B, H, W) disparity and invalid mask on ``device``."""
+        import torch
+
+        def image(a):
+            x = torch.from_numpy(np.array(a, dtype=np.uint8)).to(device)
+            return (x.permute(0, 3, 1, 2).float().div_(255.0) - IMAGE_MEAN) / IMAGE_STD
+        d = torch.from_numpy(np.array(disparity, dtype=np.float32)).to(device)
+        invalid = torch.from_numpy(~np.asarray(matched, dtype=bool)).float().to(device)
+        return image(left), image(right), d, invalid
+
+    def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """``disparity``, ``depth`` (N, H, W) and ``focal_baseline`` (N,): the classical
+        disparity plus the learned correction."""
+        import torch
+
+        from entangle.models.stereo_net import fused_for_inference
+        from entangle.training import resolve_device
+        module = self._fitted_module()
+        owner = repr(self)
+        left, right = _images(inputs, owner)
+        disparity, matched = _classical(inputs, left.shape[:3], owner)
+        fb = focal_baseline(inputs, len(left), owner)
+        dev = resolve_device(self.device)
+        net = fused_for_inference(module).to(dev)
+        out = np.zeros(left.shape[:3], dtype=np.float32)
+        bs = max(int(self.batch_size), 1)
+        with torch.inference_mode():
+            for b0 in range(0, len(left), bs):
+                sl = slice(b0, b0 + bs)
+                out[sl] = net(*self._tensors(left[sl], right[sl], disparity[sl], matched[sl], dev)).cpu().numpy()
+        return self._outputs(out, fb)
+
+    def _module_state(self) -> dict[str, Any]:
+        return {f"module.{k}": v.detach().cpu().clone()
+                for k, v in self._fitted_module().state_dict().items()}
+
+    def _load_module(self, state: Mapping[str, Any], config) -> None:
+        import torch
+
+        from entangle.models.refine_net import DisparityRefiner
+        net = DisparityRefiner(config)
+        net.load_state_dict({k[len("module."):]: torch.as_tensor(v) for k, v in state.items()
+                             if k.startswith("module.")})
+        self.module_ = net.eval()
+
+
+class StereoRefiner(_RefinerNode):
+    """A learned residual refiner of a classical disparity map, trained with a disparity or a
+    depth loss (u vs u' of the case study).
+
+    Parameters
+    ----------
+    objective : {"disparity", "depth"}
+        Space of the training loss and of the per-image loss.
+    channels, dilations, scale, max_correction : the network
+        (:class:`~entangle.models.refine_net.RefinerConfig`).
+    epochs, lr, batch_size : training schedule (Adam, cosine decay of the rate to 0). ``epochs: 0``
+        leaves the network as it starts: the classical disparity itself, or ``init``'s refiner.
+    crop : [height, width] or None
+        Train on random crops of this size (the features are computed on whole images first, so
+        a crop's warps see the whole right image); None trains on whole images.
+    max_depth : float
+        Pixels with ground truth farther than this (metres) are not trained on nor scored.
+    device : "auto", "cpu" or "cuda".
+    """
+
+    version = "1"
+
+    def __init__(self, *, objective: str = "disparity", channels: int = 16,
+                 dilations: Any = (1, 2, 4, 1), scale: float = 64.0,
+                 max_correction: float | None = None, epochs: int = 2,
+                 lr: float = 1e-3, batch_size: int = 4, crop: Any = (96, 320),
+                 max_depth: float = 80.0, device: str = "auto"):
+        self.objective = objective
+        self.channels = channels
+        self.dilations = dilations
+        self.scale = scale
+        self.max_correction = max_correction
+        self.epochs = epochs
+        self.lr = lr
+        self.batch_size = batch_size
+        self.crop = crop
+        self.max_depth = max_depth
+        self.device = device
+
+    def refiner_config(self):
+        from entangle.models.refine_net import RefinerConfig
+        try:
+            return RefinerConfig(channels=int(self.channels), dilations=tuple(self.dilations),
+                                 scale=float(self.scale), max_correction=None if self.max_correction
+                                 is None else float(self.max_correction))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
+
+    def init_from(self, other: "_RefinerNode") -> None:
+        """Make the next :meth:`fit` start from ``other``'s fitted refiner (fine-tuning).
+
+        Raises ``ValueError`` if ``other`` holds no refiner or another network config.
+        """
+        if not isinstance(other, _RefinerNode):
+            raise ValueError(f"{self!r} can start only from a fitted StereoRefiner or "
+                             f"RefinerCheckpoint, not a {type(other).__name__}")
+        source = other._fitted_module()
+        if self.refiner_config() != source.config:
+            raise ValueError(f"{type(self).__name__}.init_from: the network configs differ, so the "
+                             f"weights cannot be reused: this node's {self.refiner_config()} vs "
+                             f"{source.config} (from {other!r})")
+        self._init_state = {k: v.detach().cpu().clone() for k, v in source.state_dict().items()}
+        self._init_origin = repr(other)
+
+    def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *, seed: int) -> "StereoRefiner":
+        """Train the correction with the chosen objective; the seed fixes order and crops (and
+        the initialisation of every layer but the zero last one)."""
+        import torch
+
+        from entangle.models.refine_net import DisparityRefiner, refiner_features
+        from entangle.training import resolve_device, train
+
+        self._check_objective()
+        owner = repr(self)
+        left, right = _images(inputs, owner)
+        n, h, w, _ = left.shape
+        disparity, matched = _classical(inputs, (n, h, w), owner)
+        fb_all = focal_baseline(inputs, n, owner)
+        gt_all = _target_disparity(targets, (n, h, w), owner)
+        ch, cw = (h, w) if self.crop is None else (int(self.crop[0]), int(self.crop[1]))
+        if not (0 < ch <= h and 0 < cw <= w):
+            raise ValueError(f"{owner}: crop {ch}x{cw} must fit in the images ({h}x{w})")
+        config = self.refiner_config()
+
+        torch.manual_seed(seed)
+        net = DisparityRefiner(config)
+        init = getattr(self, "_init_state", None)
+        if init is not None:
+            net.load_state_dict(init)
+            log.info("%s starts from the weights of %s", owner, self._init_origin)
+        dev = resolve_device(self.device)
+        gen = torch.Generator().manual_seed(seed)
+        depth_loss = self.objective == "depth"
+
+        def batch_loss(module, idx, step):
+            idx = np.sort(np.asarray(idx))
+            y0 = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+            x0 = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+            win = (slice(None), slice(y0, y0 + ch), slice(x0, x0 + cw))
+            l, r, d0, invalid = self._tensors(left[idx], right[idx], disparity[idx], matched[idx], dev)
+            with torch.no_grad():
+                feats = refiner_features(l, r, d0, invalid, float(config.scale))[:, :, win[1], win[2]]
+            gt = torch.from_numpy(gt_all[idx][win]).to(dev)
+            fb = torch.from_numpy(fb_all[idx]).float().to(dev).view(-1, 1, 1)
+            mask = (gt > 0) & (fb <= self.max_depth * gt)
+            if not bool(mask.any()):
+                return None
+            pred = d0[win] + module.correction(feats)
+            if depth_loss:
+                pred, gt = fb / pred.clamp(min=1e-3), fb / gt.clamp(min=1e-6)
+            return torch.nn.functional.smooth_l1_loss(pred[mask], gt[mask]), len(idx)
+
+        trained = train(net, batch_loss, epochs=int(self.epochs), n=n, batch_size=int(self.batch_size),
+                        rng=gen, lr=float(self.lr), schedule="cosine", schedule_every="step",
+                        device=dev, name=f"{owner} (seed {seed})")
+        self.module_ = trained.module.cpu().eval()
+        self.train_loss_ = np.asarray(trained.history, dtype=np.float64)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        import torch
+        state = self._module_state()
+        state["train_loss"] = torch.as_tensor(getattr(self, "train_loss_", np.zeros(0)))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> "StereoRefiner":
+        self._load_module(state, self.refiner_config())
+        self.train_loss_ = np.asarray(state.get("train_loss", []), dtype=np.float64)
+        return self
+
+
+def save_refiner(node: _RefinerNode, path: str | Path, **meta: Any) -> str:
+    """Write ``node``'s fitted refiner (config and weights) to ``path``; returns its SHA-256.
+
+    A plain ``torch.save`` of tensors, strings and numbers, read back with ``weights_only``;
+    ``meta`` (JSON-able: how it was made, what it cost) is stored beside the weights.
+    """
+    import torch
+    module = node._fitted_module()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": REFINER_FORMAT, "config": module.config.to_dict(),
+               "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
+               "meta": json.loads(json.dumps(meta))}
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+class RefinerCheckpoint(_RefinerNode):
+    """A pretrained refiner read from a file whose SHA-256 must match ``sha256``.
+
+    Its "fit" loads and verifies the file (inputs, targets and seed are not read); it predicts
+    like the :class:`StereoRefiner` it was saved from, and ``init`` of a :class:`StereoRefiner`
+    accepts it. Relative paths are looked up in the working folder, then in the repository.
+    """
+
+    version = "1"
+
+    def __init__(self, *, path: str, sha256: str, objective: str = "disparity",
+                 max_depth: float = 80.0, batch_size: int = 4, device: str = "auto"):
+        self.path = path
+        self.sha256 = sha256
+        self.objective = objective
+        self.max_depth = max_depth
+        self.batch_size = batch_size
+        self.device = device
+
+    def refiner_config(self):
+        if not hasattr(self, "config_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted: its network config comes "
+                                 "from the checkpoint file; call fit first")
+        return self.config_
+
+    def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *,
+            seed: int) -> "RefinerCheckpoint":
+        """Load the file after checking its SHA-256 (``sha256`` names the field on a mismatch)."""
+        import torch
+
+        from entangle.models.refine_net import RefinerConfig
+        self._check_objective()
+        path = _resolve(self.path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{type(self).__name__}.path: checkpoint {path} does not exist")
+        digest = file_sha256(path)
+        if digest != str(self.sha256).lower():
+            raise ValueError(f"{type(self).__name__}.sha256: checkpoint {path} has SHA-256 {digest}, "
+                             f"not the configured {self.sha256}; refusing to load it")
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != REFINER_FORMAT:
+            raise ValueError(f"{type(self).__name__}.path: {path} is not a refiner checkpoint "
+                             f"(format {REFINER_FORMAT!r})")
+        self.config_ = RefinerConfig(**payload["config"])
+        self._load_module({f"module.{k}": v for k, v in payload["state_dict"].items()}, self.config_)
+        self.meta_ = dict(payload.get("meta") or {})
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self._module_state()
+        state["config"] = np.asarray(json.dumps(self.refiner_config().to_dict(), sort_keys=True))
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> "RefinerCheckpoint":
+        from entangle.models.refine_net import RefinerConfig
+        self.config_ = RefinerConfig(**json.loads(str(np.asarray(state["config"]))))
+        self._load_module(state, self.config_)
+        return self
+

@@ -1,0 +1,107 @@
+"""What each stage of the hybrid stereo upstream costs: SGBM, and the refiner's training and prediction.
+
+Times, on the world's validation scenes (192 × 624; rendered on first use), OpenCV SGBM per
+scene as the pipeline's ``sgbm`` node runs it, then the refiner
+(:class:`entangle.models.stereo_refiner.StereoRefiner`, the pipeline's network): its input
+features per scene, a prediction per scene (batch norm folded), and a training step (batch of
+4 crops of 96 × 320, features computed on the whole images first, as ``fit`` does). From these
+it prints what one fine-tuning and one prediction pass cost at the case study's sizes. Numbers
+are printed, never asserted; say the load average when you quote them::
+
+    python experiments/bench_hybrid_stereo.py                    # one torch thread
+    python experiments/bench_hybrid_stereo.py --threads 2 --scenes 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from entangle.data.world_source import WorldSource
+from entangle.models.refine_net import DisparityRefiner, RefinerConfig, refiner_features
+from entangle.models.stereo import ClassicalStereo
+from entangle.models.stereo_net import fused_for_inference
+from entangle.models.stereo_refiner import StereoRefiner
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenes", type=int, default=16, help="validation scenes timed")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train", type=int, default=150, help="training scenes of the fine-tuning priced")
+    parser.add_argument("--test", type=int, default=500, help="test scenes of the prediction priced")
+    parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs priced "
+                        "(default: the pipeline's)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    epochs = args.epochs if args.epochs is not None else StereoRefiner().epochs
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
+          f"torch threads: {args.threads}")
+
+    val = WorldSource(n_scenes=1200, seed=0).load("val", 0)
+    n = min(args.scenes, len(val["left"]))
+    x = {k: val[k][:n] for k in ("left", "right", "calib", "baseline")}
+    sgbm = ClassicalStereo(method="sgbm").fit({}, {}, seed=0)
+    t0 = time.perf_counter()
+    out = sgbm.predict(x)
+    t_sgbm = (time.perf_counter() - t0) / n
+    h, w = x["left"].shape[1:3]
+
+    node = StereoRefiner(epochs=0, device="cpu", crop=None)
+    bs = node.batch_size
+    left, right, d0, invalid = node._tensors(x["left"][:bs], x["right"][:bs], out["disparity"][:bs],
+                                             out["matched"][:bs], torch.device("cpu"))
+    config = RefinerConfig()
+    net = DisparityRefiner(config)
+    fused = fused_for_inference(net)
+    with torch.inference_mode():
+        t_feat = _median_time(lambda: refiner_features(left, right, d0, invalid, config.scale), args.repeats) / bs
+        t_pred = _median_time(lambda: fused(left, right, d0, invalid), args.repeats) / bs
+
+    ch, cw = 96, 320
+    target = torch.from_numpy(np.asarray(val["disparity"][:bs], dtype=np.float32))[:, :ch, :cw]
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    torch.nn.init.normal_(net.out.weight, std=1e-3)
+
+    def step():
+        with torch.no_grad():
+            f = refiner_features(left, right, d0, invalid, config.scale)[:, :, :ch, :cw]
+        pred = d0[:, :ch, :cw] + net.correction(f)
+        loss = torch.nn.functional.smooth_l1_loss(pred, target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.train()
+    t_step = _median_time(step, args.repeats)
+
+    steps = epochs * math.ceil(args.train / bs)
+    print(f"\nPer 192 x 624 scene ({n} validation scenes for SGBM; batches of {bs} for the refiner):")
+    print(f"  SGBM (8 paths, 80 px search, holes filled): {t_sgbm:.3f} s")
+    print(f"  refiner input features (warps, block costs): {t_feat:.3f} s")
+    print(f"  refiner prediction, features included: {t_pred:.3f} s")
+    print(f"  refiner training step (batch {bs} of {ch} x {cw} crops): {t_step:.3f} s")
+    print(f"\nAt the case study's sizes ({args.train} training, {args.test} test scenes, {epochs} epochs):")
+    print(f"  SGBM once for every seed and loss: {t_sgbm * (args.train + args.test):.0f} s")
+    print(f"  one refiner fine-tuning: {steps} steps, {steps * t_step:.0f} s; its predictions on "
+          f"train + test: {t_pred * (args.train + args.test):.0f} s")
+    print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""The hybrid stereo upstream: SGBM's answer plus a learned residual refiner.
+
+The refiner must start as the identity (its output *is* the classical disparity, bit for bit),
+learn what a classical map gets systematically wrong, follow the node contract, and refuse bad
+input with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from entangle.models.refine_net import IN_CHANNELS, DisparityRefiner, RefinerConfig, refiner_features
+from entangle.models.stereo import ClassicalStereo, file_sha256
+from entangle.models.stereo_refiner import RefinerCheckpoint, StereoRefiner, save_refiner
+from entangle.testing import check_node
+from test_stereo_net import random_dot_pairs, stereo_inputs
+
+SMALL = dict(channels=4, dilations=[1, 2], device="cpu", batch_size=3, crop=None)
+
+
+@pytest.fixture(scope="module")
+def dots():
+    """Random-dot pairs with SGBM's answer on them, as the pipeline's sgbm node gives it."""
+    torch.set_num_threads(1)
+    left, right, disp = random_dot_pairs(6, h=32, w=64, seed=3, max_disp=12)
+    x = stereo_inputs(left, right)
+    sgbm = ClassicalStereo(method="sgbm", params={"num_disparities": 16}).fit({}, {}, seed=0).predict(x)
+    return {**x, "disparity": sgbm["disparity"], "matched": sgbm["matched"]}, {"disparity": disp}, sgbm
+
+
+def test_an_untrained_refiner_is_sgbm_bit_for_bit(dots):
+    x, y, sgbm = dots
+    for node in (StereoRefiner(epochs=0, **SMALL), StereoRefiner(epochs=0, device="cpu", crop=None)):
+        out = node.fit(x, y, seed=0).predict(x)
+        assert np.array_equal(out["disparity"], sgbm["disparity"])
+        assert np.array_equal(out["depth"], sgbm["depth"])
+        assert np.array_equal(out["focal_baseline"], sgbm["focal_baseline"])
+    # and so is its score, every metric of it
+    assert node.score(out, y) == ClassicalStereo(method="sgbm").score(sgbm, y)
+
+
+def test_sgbm_reports_which_pixels_it_matched(dots):
+    x, _, sgbm = dots
+    m = sgbm["matched"].astype(bool)
+    assert sgbm["matched"].dtype == np.uint8 and m.any() and not m.all()
+    assert not m[:, :, :16].any()      # no full search range left of num_disparities
+    raw = ClassicalStereo(method="sgbm", params={"num_disparities": 16}, fill_holes=False).fit(
+        {}, {}, seed=0).predict({k: x[k] for k in ("left", "right", "calib", "baseline")})
+    assert np.array_equal(raw["disparity"] > 0, m)
+
+
+def test_refiner_follows_the_node_contract(dots):
+    x, y, _ = dots
+    check_node(StereoRefiner(epochs=1, **SMALL), x, y)
+
+
+def test_training_removes_a_systematic_bias_of_the_classical_map(dots):
+    """A classical answer 0.6 px too far everywhere: the refiner learns to add it back."""
+    x, y, _ = dots
+    biased = np.where(y["disparity"] > 0, y["disparity"] - 0.6, 0).astype(np.float32)
+    xb = {**x, "disparity": biased, "matched": np.ones_like(x["matched"])}
+    node = StereoRefiner(epochs=30, lr=1e-2, **SMALL).fit(xb, y, seed=0)
+    before = np.abs(biased - y["disparity"]).mean()
+    after = np.abs(node.predict(xb)["disparity"] - y["disparity"]).mean()
+    assert after < 0.5 * before, (before, after)
+    assert np.all(np.isfinite(node.train_loss_)) and node.train_loss_[-1] < node.train_loss_[0]
+
+
+def test_the_two_objectives_train_different_refiners_from_one_start(dots):
+    x, y, _ = dots
+    start = StereoRefiner(epochs=2, lr=1e-2, **SMALL).fit(x, y, seed=0)
+    outs = {}
+    for objective in ("disparity", "depth"):
+        node = StereoRefiner(objective=objective, epochs=2, lr=1e-2, **SMALL)
+        node.init_from(start)
+        outs[objective] = node.fit(x, y, seed=1).predict(x)["disparity"]
+    assert not np.array_equal(outs["disparity"], outs["depth"])
+
+
+def test_fine_tuning_for_zero_epochs_keeps_the_start(dots):
+    x, y, _ = dots
+    start = StereoRefiner(epochs=2, lr=1e-2, **SMALL).fit(x, y, seed=0)
+    node = StereoRefiner(epochs=0, **SMALL)
+    node.init_from(start)
+    np.testing.assert_allclose(node.fit(x, y, seed=5).predict(x)["disparity"],
+                               start.predict(x)["disparity"], rtol=0, atol=1e-5)
+
+
+def test_receptive_field_is_what_the_config_says_and_about_sixty_pixels():
+    cfg = RefinerConfig()
+    assert 60 <= cfg.receptive_field <= 90
+    net = DisparityRefiner(cfg).eval()
+    torch.nn.init.normal_(net.out.weight)          # a trained last layer: the correction reads its field
+    f = torch.randn(1, IN_CHANNELS, 16, 160, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    net.correction(f)[0, 8, 80].backward()
+    cols = torch.nonzero(f.grad.abs().sum(dim=(0, 1, 2))).flatten()
+    width = int(cols.max() - cols.min() + 1)
+    assert 0.8 * cfg.receptive_field <= width <= cfg.receptive_field
+
+
+def test_features_are_the_documented_channels():
+    left, right = torch.zeros(2, 3, 16, 32), torch.zeros(2, 3, 16, 32)
+    d = torch.full((2, 16, 32), 3.25)
+    f = refiner_features(left, right, d, torch.zeros(2, 16, 32), 64.0)
+    assert f.shape == (2, IN_CHANNELS, 16, 32) == (2, 17, 16, 32)
+    assert torch.allclose(f[:, 3], d / 64.0)
+    # the sub-pixel phase: sin and cos of 2π·d
+    assert torch.allclose(f[:, 5], torch.full_like(d, 1.0), atol=1e-5)      # sin(2π·0.25)
+    assert torch.allclose(f[:, 6], torch.zeros_like(d), atol=1e-5)
+
+
+# -- bad input: one line naming the field --------------------------------------------------------
+
+def test_a_classical_disparity_of_the_wrong_shape_is_refused_naming_the_input(dots):
+    x, y, _ = dots
+    node = StereoRefiner(epochs=0, **SMALL).fit(x, y, seed=0)
+    with pytest.raises(ValueError, match=r"input 'disparity' must have the images' shape \(6, 32, 64\)"):
+        node.predict({**x, "disparity": x["disparity"][:, :16]})
+    with pytest.raises(ValueError, match="input 'matched'"):
+        node.predict({**x, "matched": x["matched"][:3]})
+
+
+def test_a_classical_map_without_a_valid_pixel_is_refused_naming_the_sample(dots):
+    x, y, _ = dots
+    matched = x["matched"].copy()
+    matched[4] = 0
+    with pytest.raises(ValueError, match="input 'matched' of sample 4 has no valid pixel"):
+        StereoRefiner(epochs=1, **SMALL).fit({**x, "matched": matched}, y, seed=0)
+
+
+def test_an_objective_typo_is_refused_naming_the_choices(dots):
+    x, y, _ = dots
+    with pytest.raises(ValueError, match=r"objective must be one of \('disparity', 'depth'\), got 'dept'"):
+        StereoRefiner(objective="dept", **SMALL).fit(x, y, seed=0)
+
+
+def test_a_crop_larger_than_the_images_is_refused(dots):
+    x, y, _ = dots
+    with pytest.raises(ValueError, match="crop 64x64 must fit in the images"):
+        StereoRefiner(**{**SMALL, "crop": [64, 64]}).fit(x, y, seed=0)
+
+
+def test_warm_start_refuses_another_network_naming_both_configs(dots):
+    x, y, _ = dots
+    start = StereoRefiner(epochs=0, **SMALL).fit(x, y, seed=0)
+    with pytest.raises(ValueError, match="network configs differ.*channels=8.*channels=4"):
+        StereoRefiner(**{**SMALL, "channels": 8}).init_from(start)
+
+
+def test_checkpoint_round_trip_and_a_changed_digest_is_refused(dots, tmp_path):
+    x, y, _ = dots
+    node = StereoRefiner(epochs=2, lr=1e-2, **SMALL).fit(x, y, seed=0)
+    path = tmp_path / "refiner.pt"
+    digest = save_refiner(node, path, note="test")
+    assert digest == file_sha256(path)
+    ck = RefinerCheckpoint(path=str(path), sha256=digest, device="cpu").fit({}, {}, seed=0)
+    np.testing.assert_allclose(ck.predict(x)["disparity"], node.predict(x)["disparity"], rtol=0, atol=1e-5)
+    assert ck.meta_ == {"note": "test"}
+    again = RefinerCheckpoint(path=str(path), sha256=digest, device="cpu").load_state_dict(ck.state_dict())
+    np.testing.assert_array_equal(again.predict(x)["disparity"], ck.predict(x)["disparity"])
+    with pytest.raises(ValueError, match=r"RefinerCheckpoint.sha256: checkpoint .* has SHA-256 [0-9a-f]{64}, not "
+                                         r"the configured 0+1"):
+        RefinerCheckpoint(path=str(path), sha256="0" * 63 + "1").fit({}, {}, seed=0)
+    with pytest.raises(FileNotFoundError, match="RefinerCheckpoint.path: checkpoint .* does not exist"):
+        RefinerCheckpoint(path=str(tmp_path / "missing.pt"), sha256=digest).fit({}, {}, seed=0)
