@@ -161,7 +161,7 @@ def test_checkpoint_round_trip_and_a_changed_digest_is_refused(dots, tmp_path):
     again = RefinerCheckpoint(path=str(path), sha256=digest, device="cpu").load_state_dict(ck.state_dict())
     np.testing.assert_array_equal(again.predict(x)["disparity"], ck.predict(x)["disparity"])
     with pytest.raises(ValueError, match=r"RefinerCheckpoint.sha256: checkpoint .* has SHA-256 [0-9a-f]{64}, not "
-                                         r"the configured 0+1"):
+                                         r"the expected 0+1"):
         RefinerCheckpoint(path=str(path), sha256="0" * 63 + "1").fit({}, {}, seed=0)
     with pytest.raises(FileNotFoundError, match="RefinerCheckpoint.path: checkpoint .* does not exist"):
         RefinerCheckpoint(path=str(tmp_path / "missing.pt"), sha256=digest).fit({}, {}, seed=0)

@@ -458,24 +458,46 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(node: _NetworkStereo, path: str | Path, **meta: Any) -> str:
-    """Write ``node``'s fitted network (config and weights) to ``path``; returns its SHA-256.
+def write_checkpoint(module: Any, path: str | Path, fmt: str, **meta: Any) -> str:
+    """Write a fitted torch ``module`` (its ``config.to_dict()`` and weights) to ``path`` under
+    the ``format`` entry ``fmt``; returns the file's SHA-256.
 
-    The file is a plain ``torch.save`` of tensors, strings and numbers (no pickled objects), so
-    :class:`StereoCheckpoint` reads it with ``weights_only=True``. ``meta`` (JSON-able: how it
-    was made, what it cost) is stored beside the weights.
+    The file is a plain ``torch.save`` of tensors, strings and numbers (no pickled objects), read
+    back with ``weights_only=True`` by :func:`read_checkpoint`. ``meta`` (JSON-able: how it was
+    made, what it cost) is stored beside the weights. Written to a ``.partial`` file first.
     """
     import torch
-    module = node._fitted_module()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": CHECKPOINT_FORMAT, "config": module.config.to_dict(),
+    payload = {"format": fmt, "config": module.config.to_dict(),
                "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
                "meta": json.loads(json.dumps(meta))}
     tmp = path.with_name(path.name + ".partial")
     torch.save(payload, tmp)
     tmp.replace(path)
     return file_sha256(path)
+
+
+def read_checkpoint(path: str | Path, sha256: str, fmt: str, owner: str) -> dict[str, Any]:
+    """The payload of a checkpoint file after checking that it exists, that its SHA-256 is
+    ``sha256`` and that its ``format`` is ``fmt``; each refusal names ``owner``'s field."""
+    import torch
+    path = _resolve(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{owner}.path: checkpoint {path} does not exist")
+    digest = file_sha256(path)
+    if digest != str(sha256).lower():
+        raise ValueError(f"{owner}.sha256: checkpoint {path} has SHA-256 {digest}, not the expected "
+                         f"{sha256}: the file changed (or the digest is wrong); refusing to load it")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise ValueError(f"{owner}.path: {path} is not a checkpoint of format {fmt!r}")
+    return payload
+
+
+def save_checkpoint(node: _NetworkStereo, path: str | Path, **meta: Any) -> str:
+    """Write ``node``'s fitted network to ``path`` (:func:`write_checkpoint`); returns its SHA-256."""
+    return write_checkpoint(node._fitted_module(), path, CHECKPOINT_FORMAT, **meta)
 
 
 def _resolve(path: str | Path) -> Path:
@@ -535,22 +557,10 @@ class StereoCheckpoint(_NetworkStereo):
         ValueError
             If its digest differs from ``sha256`` or it is not a stereo checkpoint.
         """
-        import torch
 
         from entangle.models.stereo_net import StereoNetConfig
         self._check_objective()
-        path = _resolve(self.path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{type(self).__name__}: checkpoint {path} does not exist")
-        digest = file_sha256(path)
-        if digest != str(self.sha256).lower():
-            raise ValueError(f"{type(self).__name__}: checkpoint {path} has SHA-256 {digest}, not the "
-                             f"expected {self.sha256}: the file changed (or the digest is wrong); "
-                             f"refusing to load it")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{type(self).__name__}: {path} is not a stereo checkpoint "
-                             f"(format {CHECKPOINT_FORMAT!r})")
+        payload = read_checkpoint(self.path, self.sha256, CHECKPOINT_FORMAT, type(self).__name__)
         self.config_ = StereoNetConfig(**payload["config"])
         self._load_module({f"module.{k}": v for k, v in payload["state_dict"].items()}, self.config_)
         self.meta_ = dict(payload.get("meta") or {})

@@ -24,8 +24,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from entangle.models.stereo import (IMAGE_MEAN, IMAGE_STD, _images, _resolve, _StereoOutputs,
-                                    _target_disparity, file_sha256, focal_baseline)
+from entangle.models.stereo import (IMAGE_MEAN, IMAGE_STD, _images, _StereoOutputs,
+                                    _target_disparity, focal_baseline, read_checkpoint,
+                                    write_checkpoint)
 from entangle.node import NotFittedError
 
 log = logging.getLogger(__name__)
@@ -257,22 +258,9 @@ class StereoRefiner(_RefinerNode):
 
 
 def save_refiner(node: _RefinerNode, path: str | Path, **meta: Any) -> str:
-    """Write ``node``'s fitted refiner (config and weights) to ``path``; returns its SHA-256.
-
-    A plain ``torch.save`` of tensors, strings and numbers, read back with ``weights_only``;
-    ``meta`` (JSON-able: how it was made, what it cost) is stored beside the weights.
-    """
-    import torch
-    module = node._fitted_module()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": REFINER_FORMAT, "config": module.config.to_dict(),
-               "state_dict": {k: v.detach().cpu().clone() for k, v in module.state_dict().items()},
-               "meta": json.loads(json.dumps(meta))}
-    tmp = path.with_name(path.name + ".partial")
-    torch.save(payload, tmp)
-    tmp.replace(path)
-    return file_sha256(path)
+    """Write ``node``'s fitted refiner to ``path`` (:func:`~entangle.models.stereo.write_checkpoint`);
+    returns its SHA-256."""
+    return write_checkpoint(node._fitted_module(), path, REFINER_FORMAT, **meta)
 
 
 class RefinerCheckpoint(_RefinerNode):
@@ -303,21 +291,10 @@ class RefinerCheckpoint(_RefinerNode):
     def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *,
             seed: int) -> "RefinerCheckpoint":
         """Load the file after checking its SHA-256 (``sha256`` names the field on a mismatch)."""
-        import torch
 
         from entangle.models.refine_net import RefinerConfig
         self._check_objective()
-        path = _resolve(self.path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{type(self).__name__}.path: checkpoint {path} does not exist")
-        digest = file_sha256(path)
-        if digest != str(self.sha256).lower():
-            raise ValueError(f"{type(self).__name__}.sha256: checkpoint {path} has SHA-256 {digest}, "
-                             f"not the configured {self.sha256}; refusing to load it")
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(payload, dict) or payload.get("format") != REFINER_FORMAT:
-            raise ValueError(f"{type(self).__name__}.path: {path} is not a refiner checkpoint "
-                             f"(format {REFINER_FORMAT!r})")
+        payload = read_checkpoint(self.path, self.sha256, REFINER_FORMAT, type(self).__name__)
         self.config_ = RefinerConfig(**payload["config"])
         self._load_module({f"module.{k}": v for k, v in payload["state_dict"].items()}, self.config_)
         self.meta_ = dict(payload.get("meta") or {})
