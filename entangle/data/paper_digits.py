@@ -12,6 +12,14 @@ folder (``svhn_root``) is a drop-in replacement. Every setup has the splits
 - ``train``, ``large``, ``test``: the downstream's training split, the decomposition's large
   split, and the system's eval split.
 
+Where the downstream trains (``downstream_train``): ``"upstream"`` (the paper's protocol,
+``train_svhn.py`` reads the same training set for both) makes ``train`` the upstream's pool,
+restricted to the downstream's digits, with clean labels: the downstream reads the upstream's
+outputs on the very images the upstream was trained on (all of them when the upstream trained
+on the whole pool). ``"separate"``: ``train`` is its own stream of ``sizes["train"]`` unseen
+images. ``pool_pos`` is a row's position in the upstream's pool (−1 for rows not in it), so an
+analysis can tell the rows an upstream trained on (the first ``subsample`` share) from the rest.
+
 The setups, as in the paper's code:
 
 - ``loss_function``: digits 1, 3, 7, 9, balanced. The upstream regresses the digit's value
@@ -50,6 +58,8 @@ log = logging.getLogger(__name__)
 SETUPS = ("loss_function", "data_distribution", "hypothesis_space", "entanglement")
 #: the splits every setup serves
 SPLITS = ("up_train", "up_test", "train", "large", "test")
+#: where the downstream's training split comes from (see the module docstring)
+DOWNSTREAM_TRAIN = ("upstream", "separate")
 #: the sizes a setup needs: the upstream's validation rows and pool, and one per other split
 SIZE_KEYS = ("up_val", "up_pool", "up_test", "train", "large", "test")
 ALL_DIGITS = tuple(range(10))
@@ -139,6 +149,9 @@ class PaperDigitsSource(Source):
         instead of rendering (``test`` from the test file, the other splits from disjoint rows
         of the train file, the same images for every seed); the entanglement order then comes
         from :func:`margin_difficulty`.
+    downstream_train : ``"separate"`` (its own images, ``sizes["train"]`` of them) or
+        ``"upstream"`` (the upstream's pool rows of the downstream's digits; ``sizes["train"]``
+        is then unused).
     workers, disk_cache : rendering processes, and whether rendered splits are kept on disk
         (:class:`~entangle.data.street_digits.StreetDigitsSource`); neither changes the data.
     """
@@ -147,8 +160,10 @@ class PaperDigitsSource(Source):
 
     def __init__(self, *, setup: str, sizes: Mapping[str, int], data_seed: int | None = None,
                  size: int = 32, world: Mapping[str, Any] | None = None,
-                 svhn_root: str | None = None, workers: int = 1, disk_cache: bool = True):
+                 svhn_root: str | None = None, downstream_train: str = "separate",
+                 workers: int = 1, disk_cache: bool = True):
         self.setup = setup
+        self.downstream_train = downstream_train
         self.sizes = sizes
         self.data_seed = data_seed
         self.size = size
@@ -163,6 +178,9 @@ class PaperDigitsSource(Source):
         if missing or unknown:
             raise ValueError(f"PaperDigitsSource sizes needs exactly {list(SIZE_KEYS)}; "
                              f"missing {missing}, unknown {unknown}")
+        if downstream_train not in DOWNSTREAM_TRAIN:
+            raise ValueError(f"PaperDigitsSource downstream_train must be one of {DOWNSTREAM_TRAIN}, "
+                             f"got {downstream_train!r}")
         if setup == "loss_function" and int(sizes["up_pool"]) % SLICES:
             raise ValueError(f"PaperDigitsSource(loss_function): up_pool must be a multiple of "
                              f"{SLICES} (its slices), got {sizes['up_pool']}")
@@ -174,7 +192,7 @@ class PaperDigitsSource(Source):
                  "data_distribution": ("coarse", "pair"),
                  "hypothesis_space": ("onehot",),
                  "entanglement": ("order", "is1", "is7", "target")}[self.setup]
-        return {"image": "image", "digit": "array", "holdout": "array", "index": "array",
+        return {"image": "image", "digit": "array", "holdout": "array", "index": "array", "pool_pos": "array",
                 "attributes": "table", **{k: "array" for k in extra}}
 
     # -- raw parts ----------------------------------------------------------------------------
@@ -206,7 +224,7 @@ class PaperDigitsSource(Source):
             raise KeyError(f"PaperDigitsSource has no split {split!r} (splits: {list(SPLITS)})")
         world_seed = int(seed if self.data_seed is None else self.data_seed)
         key = (self.setup, repr(sorted(dict(self.sizes).items())), world_seed, self.size,
-               repr(sorted(dict(self.world or {}).items())), self.svhn_root, split)
+               repr(sorted(dict(self.world or {}).items())), self.svhn_root, self.downstream_train, split)
         if key not in _CACHE:   # derived systems reload the same split many times
             while len(_CACHE) >= _CACHE_SIZE:
                 _CACHE.pop(next(iter(_CACHE)))
@@ -219,9 +237,18 @@ class PaperDigitsSource(Source):
             out = {k: np.concatenate([val[k], pool[k]]) for k in val}
             out["holdout"] = np.concatenate([np.ones(len(val["digit"]), np.int64),
                                              np.zeros(len(pool["digit"]), np.int64)])
+            out["pool_pos"] = np.concatenate([np.full(len(val["digit"]), -1, np.int64),
+                                              np.arange(len(pool["digit"]), dtype=np.int64)])
+        elif split == "train" and self.downstream_train == "upstream":
+            pool = self._part("up_pool", world_seed)
+            keep = np.flatnonzero(np.isin(pool["digit"], DIGITS[self.setup][1]))
+            out = {k: v[keep] for k, v in pool.items()}
+            out["holdout"] = np.zeros(len(keep), np.int64)
+            out["pool_pos"] = keep.astype(np.int64)
         else:
             out = self._part(split, world_seed)
             out["holdout"] = np.zeros(len(out["digit"]), np.int64)
+            out["pool_pos"] = np.full(len(out["digit"]), -1, np.int64)
         digit = out["digit"].astype(np.int64)
         out["digit"] = digit
         pool = (out["holdout"] == 0) if split == "up_train" else np.zeros(len(digit), bool)
