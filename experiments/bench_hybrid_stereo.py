@@ -71,7 +71,7 @@ def main() -> None:
     net = DisparityRefiner(config)
     fused = fused_for_inference(net)
     with torch.inference_mode():
-        t_feat = _median_time(lambda: refiner_features(left, right, d0, invalid, config.scale), args.repeats) / bs
+        t_feat = _median_time(lambda: refiner_features(left, right, d0, invalid, config.scale, config.smooth, config.smooth_range), args.repeats) / bs
         t_pred = _median_time(lambda: fused(left, right, d0, invalid), args.repeats) / bs
 
     ch, cw = 96, 320
@@ -81,7 +81,7 @@ def main() -> None:
 
     def step():
         with torch.no_grad():
-            f = refiner_features(left, right, d0, invalid, config.scale)[:, :, :ch, :cw]
+            f = refiner_features(left, right, d0, invalid, config.scale, config.smooth, config.smooth_range)[:, :, :ch, :cw]
         pred = d0[:, :ch, :cw] + net.correction(f)
         loss = torch.nn.functional.smooth_l1_loss(pred, target)
         opt.zero_grad()

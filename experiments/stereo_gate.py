@@ -138,6 +138,15 @@ def main() -> None:
         for part, m in (("bg", valid & ~fg), ("fg", valid & fg)):
             score[f"d1_{part}"] = float(((err[m] > d1_px) & (err[m] > D1_REL * gt_disp[m])).mean())
             score[f"epe_{part}"] = float(err[m].mean())
+        if hybrid and name not in ("sgbm", "bm"):
+            # what the refiner does to the object pixels SGBM got right (off by < 0.5 px): a
+            # loss whose quadratic core is pulled by SGBM's one-sided gross errors shifts them
+            d0 = np.asarray(x_test["disparity"], dtype=np.float32)
+            good = valid & fg & x_test["matched"].astype(bool) & (np.abs(d0 - gt_disp) < 0.5)
+            step = preds["disparity"][good] - d0[good]
+            score["good_fg_shift_mean"] = float(step.mean())
+            score["good_fg_abs_step"] = float(np.abs(step).mean())
+            score["good_fg_error_change"] = float((err[good] - np.abs(d0 - gt_disp)[good]).mean())
         scores.setdefault(name, []).append(score)
 
     sgbm = ClassicalStereo(method="sgbm", params=json.loads(args.sgbm) or None).fit(x_test, {}, seed=0)
@@ -210,6 +219,13 @@ def main() -> None:
         mean = {k: np.mean([s[k] for s in ss]) for k in ("d1_bg", "d1_fg", "epe_bg", "epe_fg", "d1", "depth_mae")}
         print(f"| {name} | {100 * mean['d1_bg']:.2f} | {100 * mean['d1_fg']:.2f} | {mean['d1_fg'] / mean['d1_bg']:.2f} | "
               f"{mean['epe_bg']:.3f} | {mean['epe_fg']:.3f} | {100 * mean['d1']:.2f} | {mean['depth_mae']:.3f} |")
+    if hybrid:
+        print("\nOn the object pixels SGBM got right (matched, off by < 0.5 px): the refiner's mean "
+              "step (px), mean |step| and mean change of |error| (px; negative: better):\n")
+        for name, ss in scores.items():
+            if "good_fg_shift_mean" in ss[0]:
+                print(f"- {name}: " + ", ".join(f"{k} {np.mean([s[k] for s in ss]):+.3f}" for k in (
+                    "good_fg_shift_mean", "good_fg_abs_step", "good_fg_error_change")))
     print(f"\nCosts (load average now {os.getloadavg()[0]:.2f}; {args.threads} torch thread(s)):")
     for k, v in costs.items():
         print(f"  {k}: {v:.3f}" if v < 1 else f"  {k}: {v:.1f}")

@@ -35,7 +35,8 @@ EXPERIMENTS = {
 
 #: the slowest quick runs (one to several minutes each on 2 cores): the pool's code path is the
 #: one the others exercise, so CI keeps them out (run with -m slow)
-SLOW = {"toy_decomposition", "paper_toys", "instability"}
+SLOW = {"toy_decomposition", "paper_toys", "instability", "misclassification_regions", "stress",
+        "interventions"}
 
 
 #: what runs on Ray in CI: its scheduling is the pool's (one code path), so one experiment shows

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from entangle.models.refine_net import IN_CHANNELS, DisparityRefiner, RefinerConfig, refiner_features
+from entangle.models.refine_net import (IN_CHANNELS, DisparityRefiner, RefinerConfig, edge_aware_mean,
+                                        refiner_features)
 from entangle.models.stereo import ClassicalStereo, file_sha256
 from entangle.models.stereo_refiner import RefinerCheckpoint, StereoRefiner, save_refiner
 from entangle.testing import check_node
@@ -32,7 +33,8 @@ def dots():
 
 def test_an_untrained_refiner_is_sgbm_bit_for_bit(dots):
     x, y, sgbm = dots
-    for node in (StereoRefiner(epochs=0, **SMALL), StereoRefiner(epochs=0, device="cpu", crop=None)):
+    for node in (StereoRefiner(epochs=0, **SMALL), StereoRefiner(epochs=0, split=True, smooth=[3, 5], **SMALL),
+                 StereoRefiner(epochs=0, device="cpu", crop=None)):
         out = node.fit(x, y, seed=0).predict(x)
         assert np.array_equal(out["disparity"], sgbm["disparity"])
         assert np.array_equal(out["depth"], sgbm["depth"])
@@ -56,12 +58,13 @@ def test_refiner_follows_the_node_contract(dots):
     check_node(StereoRefiner(epochs=1, **SMALL), x, y)
 
 
-def test_training_removes_a_systematic_bias_of_the_classical_map(dots):
+@pytest.mark.parametrize("split", [False, True])
+def test_training_removes_a_systematic_bias_of_the_classical_map(dots, split):
     """A classical answer 0.6 px too far everywhere: the refiner learns to add it back."""
     x, y, _ = dots
     biased = np.where(y["disparity"] > 0, y["disparity"] - 0.6, 0).astype(np.float32)
     xb = {**x, "disparity": biased, "matched": np.ones_like(x["matched"])}
-    node = StereoRefiner(epochs=30, lr=1e-2, **SMALL).fit(xb, y, seed=0)
+    node = StereoRefiner(epochs=30, lr=1e-2, split=split, smooth=[5] if split else [], **SMALL).fit(xb, y, seed=0)
     before = np.abs(biased - y["disparity"]).mean()
     after = np.abs(node.predict(xb)["disparity"] - y["disparity"]).mean()
     assert after < 0.5 * before, (before, after)
@@ -100,6 +103,25 @@ def test_receptive_field_is_what_the_config_says_and_about_sixty_pixels():
     assert 0.8 * cfg.receptive_field <= width <= cfg.receptive_field
 
 
+def test_split_refiner_reads_a_local_field_where_matched_and_the_context_where_not():
+    """Replace, refine: a matched pixel's correction cannot carry corrections across an edge."""
+    cfg = RefinerConfig(split=True)
+    net = DisparityRefiner(cfg).eval()
+    for layer in (net.out, net.local_out):          # trained last layers
+        torch.nn.init.normal_(layer.weight)
+    f = torch.randn(1, IN_CHANNELS, 16, 160, generator=torch.Generator().manual_seed(0))
+    widths = {}
+    for name, invalid in (("matched", 0.0), ("unmatched", 1.0)):
+        g = f.clone()
+        g[:, 4] = invalid
+        g.requires_grad_()
+        net.correction(g)[0, 8, 80].backward()
+        cols = torch.nonzero(g.grad.abs().sum(dim=(0, 1, 2))).flatten()
+        widths[name] = int(cols.max() - cols.min() + 1)
+    assert widths["matched"] == cfg.local_field == 3
+    assert 0.8 * cfg.receptive_field <= widths["unmatched"] <= cfg.receptive_field
+
+
 def test_features_are_the_documented_channels():
     left, right = torch.zeros(2, 3, 16, 32), torch.zeros(2, 3, 16, 32)
     d = torch.full((2, 16, 32), 3.25)
@@ -109,6 +131,31 @@ def test_features_are_the_documented_channels():
     # the sub-pixel phase: sin and cos of 2π·d
     assert torch.allclose(f[:, 5], torch.full_like(d, 1.0), atol=1e-5)      # sin(2π·0.25)
     assert torch.allclose(f[:, 6], torch.zeros_like(d), atol=1e-5)
+
+    # an edge-aware candidate per window size, as its difference from d0
+    f = refiner_features(left, right, d, torch.zeros(2, 16, 32), 64.0, smooth=(3, 5))
+    assert f.shape[1] == RefinerConfig(smooth=(3, 5)).in_channels == 19
+    assert torch.allclose(f[:, -2:], torch.zeros(2, 2, 16, 32), atol=1e-6)      # a flat map stays
+
+
+def test_edge_aware_candidates_average_a_surface_and_stop_at_its_edge():
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.where(torch.arange(40.0) < 20, 10.0, 20.0).expand(1, 30, 40)   # a 10 px step
+    noisy = truth + 0.3 * torch.randn(1, 30, 40, generator=gen)
+    matched = torch.ones(1, 30, 40)
+    smooth = edge_aware_mean(noisy, matched, 9, 0.7)
+    inner = (slice(None), slice(5, 25))
+    assert float((smooth - truth)[inner].abs().mean()) < 0.5 * float((noisy - truth)[inner].abs().mean())
+    assert float((smooth - truth)[inner][..., 17:23].abs().max()) < 0.5      # no mixing across the step
+    # unmatched neighbours do not count, and a pixel with no matched neighbour keeps its value
+    holes = matched.clone()
+    holes[..., 10:15, 10:15] = 0
+    filled = noisy.clone()
+    filled[..., 10:15, 10:15] = 99.0
+    assert torch.allclose(edge_aware_mean(filled, holes, 3, 0.7)[..., 9, 9],
+                          edge_aware_mean(noisy, holes, 3, 0.7)[..., 9, 9])
+    alone = torch.zeros(1, 30, 40)
+    assert torch.equal(edge_aware_mean(noisy, alone, 5, 0.7), noisy)
 
 
 # -- bad input: one line naming the field --------------------------------------------------------

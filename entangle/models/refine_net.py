@@ -11,7 +11,12 @@ replace, refine": Gidaris & Komodakis, CVPR 2017; Neural Disparity Refinement, A
   towards whole pixels (Haller et al. 2010), a bias that depends on the phase alone;
 * the **photometric error** (luminance) of the right image warped at ``d0 + o`` for the offsets
   :data:`OFFSETS` (−2 … +2 px), averaged over :data:`BLOCK` × :data:`BLOCK` windows, and the
-  unaveraged error at ``o = 0``: a local cost profile around the classical answer.
+  unaveraged error at ``o = 0``: a local cost profile around the classical answer;
+* with :attr:`RefinerConfig.smooth`, **edge-aware candidates**: for each window size ``k``, the
+  mean of the matched disparities in the ``k × k`` window weighted by how close each is to the
+  centre's (a range kernel of :attr:`RefinerConfig.smooth_range` px), as its difference from
+  ``d0``. Aggregating along a surface is what lowers an object's sub-pixel error (SGBM's
+  per-pixel noise), and the range kernel stops at the object's edge.
 
 A full-resolution stem keeps the edges; a stride-2 convolution and residual blocks dilated
 1, 2, 4, 1 at half resolution give a receptive field of about 80 px, enough to repair an
@@ -36,7 +41,8 @@ from entangle.models.stereo_net import ResBlock, conv2d_bn, warp_right
 OFFSETS = (-2.0, -1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)
 #: side of the window the photometric errors are averaged over (px)
 BLOCK = 5
-#: feature channels: image 3, disparity 1, invalid 1, phase 2, centre error 1, profile
+#: feature channels without candidates: image 3, disparity 1, invalid 1, phase 2, centre error
+#: 1, profile (:attr:`RefinerConfig.in_channels` adds one per edge-aware candidate)
 IN_CHANNELS = 3 + 1 + 1 + 2 + 1 + len(OFFSETS)
 
 
@@ -46,15 +52,29 @@ class RefinerConfig:
     have half as many), ``dilations`` of the body's residual blocks, ``scale`` (px) the
     disparity input is divided by, and ``max_correction`` (px): when set, the correction is
     ``m·tanh(z / m)``, at most ``m`` either way (a refiner of what SGBM matched, not a
-    replacement of what it missed); None leaves it unbounded."""
+    replacement of what it missed); None leaves it unbounded. ``split``: "replace, refine" —
+    pixels the matcher left unmatched take the wide-context correction, matched pixels a local
+    one (:attr:`local_field` px of the features) that cannot carry the background's corrections
+    across an object's edge; ``max_correction`` then bounds the local one only. ``smooth``: the
+    window sizes (odd, px) of the edge-aware candidates (module docstring) and ``smooth_range``
+    (px) their range kernel; with ``split`` a matched pixel's correction is a learned blend of
+    them, ``Σ a_k·(candidate_k − d0) + r``, every weight and ``r`` starting at 0."""
 
     channels: int = 16
     dilations: tuple[int, ...] = (1, 2, 4, 1)
     scale: float = 64.0
     max_correction: float | None = None
+    split: bool = False
+    smooth: tuple[int, ...] = ()
+    smooth_range: float = 0.7
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
+        object.__setattr__(self, "smooth", tuple(int(k) for k in self.smooth))
+        if any(k < 3 or k % 2 == 0 for k in self.smooth):
+            raise ValueError(f"smooth must list odd window sizes of at least 3, got {self.smooth!r}")
+        if not (float(self.smooth_range) > 0):
+            raise ValueError(f"smooth_range must be positive, got {self.smooth_range!r}")
         if int(self.channels) < 1:
             raise ValueError(f"channels must be a positive integer, got {self.channels!r}")
         if not self.dilations or any(d < 1 for d in self.dilations):
@@ -71,18 +91,62 @@ class RefinerConfig:
         full-resolution convolutions after the upsampling."""
         return 1 + 2 + 2 + 2 * 4 * sum(self.dilations) + 2 + 2 + 2
 
+    @property
+    def local_field(self) -> int:
+        """Width (px) of the feature window a matched pixel's correction reads when ``split``:
+        the stem's 3 × 3 convolution, then per-pixel layers (each candidate channel itself
+        reads a ``k × k`` window of ``d0``, bounded by the range kernel)."""
+        return 3
+
+    @property
+    def in_channels(self) -> int:
+        """Feature channels: :data:`IN_CHANNELS` plus one per edge-aware candidate."""
+        return IN_CHANNELS + len(self.smooth)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["dilations"] = list(self.dilations)
+        d["smooth"] = list(self.smooth)
         return d
 
 
+def edge_aware_mean(disparity: torch.Tensor, matched: torch.Tensor, k: int,
+                    sigma: float) -> torch.Tensor:
+    """Per pixel, the mean of the matched disparities of its ``k × k`` window weighted by
+    ``exp(−½((d_j − d_i)/sigma)²)``: a bilateral filter in disparity alone, so a neighbour on
+    another surface (a disparity edge) barely counts. (batch, H, W) -> (batch, H, W); a pixel
+    with no weight keeps its own value. One image at a time: the window stack is k² images."""
+    out = torch.empty_like(disparity)
+    h, w = disparity.shape[-2:]
+    for i in range(disparity.shape[0]):
+        d, m = disparity[i].view(1, 1, h, w), matched[i].view(1, 1, h, w)
+        nd = F.unfold(d, k, padding=k // 2).view(k * k, h, w)
+        weight = F.unfold(m, k, padding=k // 2).view(k * k, h, w)
+        weight = weight * torch.exp(-0.5 * ((nd - d[0]) / sigma) ** 2)
+        total = weight.sum(dim=0)
+        out[i] = torch.where(total > 1e-6, (weight * nd).sum(dim=0) / total.clamp(min=1e-6), d[0, 0])
+    return out
+
+
+def edge_aware_candidates(disparity: torch.Tensor, invalid: torch.Tensor, smooth: tuple[int, ...],
+                          smooth_range: float) -> torch.Tensor:
+    """The edge-aware candidates minus ``d0``, (batch, len(smooth), H, W): one
+    :func:`edge_aware_mean` of the matched disparities per window size."""
+    matched = 1.0 - invalid
+    return torch.stack([edge_aware_mean(disparity, matched, k, smooth_range) - disparity
+                        for k in smooth], dim=1) if smooth else disparity.new_zeros(
+                            (disparity.shape[0], 0, *disparity.shape[-2:]))
+
+
 def refiner_features(left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor,
-                     invalid: torch.Tensor, scale: float) -> torch.Tensor:
-    """The refiner's input ``(batch, IN_CHANNELS, H, W)`` (see the module docstring).
+                     invalid: torch.Tensor, scale: float, smooth: tuple[int, ...] = (),
+                     smooth_range: float = 0.7, candidates: torch.Tensor | None = None) -> torch.Tensor:
+    """The refiner's input ``(batch, IN_CHANNELS + len(smooth), H, W)`` (module docstring).
 
     ``left``/``right`` normalised images (batch, 3, H, W); ``disparity`` the classical answer and
-    ``invalid`` its unmatched mask, (batch, H, W) float.
+    ``invalid`` its unmatched mask, (batch, H, W) float; ``smooth`` and ``smooth_range`` the
+    edge-aware candidates' windows and range kernel, or ``candidates`` already computed by
+    :func:`edge_aware_candidates` (training computes them once per scene, not per step).
     """
     # on luminance: a third of the warping of colour, the cost of every scene's prediction
     left_y, right_y = left.mean(dim=1, keepdim=True), right.mean(dim=1, keepdim=True)
@@ -92,8 +156,10 @@ def refiner_features(left: torch.Tensor, right: torch.Tensor, disparity: torch.T
     profile = F.avg_pool2d(errors, BLOCK, stride=1, padding=BLOCK // 2,
                            count_include_pad=False)                       # (batch, offsets, H, W)
     phase = 2 * math.pi * disparity.unsqueeze(1)
+    if candidates is None:
+        candidates = edge_aware_candidates(disparity, invalid, smooth, smooth_range)
     return torch.cat([left, disparity.unsqueeze(1) / scale, invalid.unsqueeze(1),
-                      torch.sin(phase), torch.cos(phase), centre, profile], dim=1)
+                      torch.sin(phase), torch.cos(phase), centre, profile, candidates], dim=1)
 
 
 class DisparityRefiner(nn.Module):
@@ -109,19 +175,27 @@ class DisparityRefiner(nn.Module):
         self.config = config or RefinerConfig()
         c = int(self.config.channels)
         fine = max(c // 2, 1)
-        self.stem = conv2d_bn(IN_CHANNELS, fine)
+        self.stem = conv2d_bn(self.config.in_channels, fine)
         self.down = conv2d_bn(fine, c, stride=2)
         self.blocks = nn.Sequential(*[ResBlock(c, d) for d in self.config.dilations])
         self.fuse = conv2d_bn(fine + c, fine)
         self.out = nn.Conv2d(fine, 1, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        if self.config.split:
+            # the matched pixels' refinement, per pixel on the stem's features: a residual and
+            # one blending weight per edge-aware candidate
+            self.local = nn.Sequential(nn.Conv2d(fine, c, 1), nn.ReLU(inplace=True))
+            self.local_out = nn.Conv2d(c, 1 + len(self.config.smooth), 1)
+            nn.init.zeros_(self.local_out.weight)
+            nn.init.zeros_(self.local_out.bias)
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor,
                 invalid: torch.Tensor) -> torch.Tensor:
         """(batch, 3, H, W) images, (batch, H, W) classical disparity and invalid mask ->
         refined disparity (batch, H, W)."""
-        features = refiner_features(left, right, disparity, invalid, float(self.config.scale))
+        features = refiner_features(left, right, disparity, invalid, float(self.config.scale),
+                                    self.config.smooth, float(self.config.smooth_range))
         return disparity + self.correction(features)
 
     def correction(self, features: torch.Tensor) -> torch.Tensor:
@@ -133,4 +207,11 @@ class DisparityRefiner(nn.Module):
         context = F.interpolate(context, size=x.shape[-2:], mode="bilinear", align_corners=False)
         z = self.out(self.fuse(torch.cat([x, context], dim=1)))[:, 0]
         m = self.config.max_correction
-        return z if m is None else float(m) * torch.tanh(z / float(m))
+        if not self.config.split:
+            return z if m is None else float(m) * torch.tanh(z / float(m))
+        head = self.local_out(self.local(x))
+        local = head[:, 0] + (head[:, 1:] * features[:, IN_CHANNELS:]).sum(dim=1)
+        if m is not None:
+            local = float(m) * torch.tanh(local / float(m))
+        invalid = features[:, 4]
+        return invalid * z + (1.0 - invalid) * local

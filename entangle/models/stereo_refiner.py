@@ -134,7 +134,7 @@ class StereoRefiner(_RefinerNode):
     ----------
     objective : {"disparity", "depth"}
         Space of the training loss and of the per-image loss.
-    channels, dilations, scale, max_correction : the network
+    channels, dilations, scale, max_correction, split, smooth, smooth_range : the network
         (:class:`~entangle.models.refine_net.RefinerConfig`).
     epochs, lr, batch_size : training schedule (Adam, cosine decay of the rate to 0). ``epochs: 0``
         leaves the network as it starts: the classical disparity itself, or ``init``'s refiner.
@@ -143,6 +143,8 @@ class StereoRefiner(_RefinerNode):
         a crop's warps see the whole right image); None trains on whole images.
     max_depth : float
         Pixels with ground truth farther than this (metres) are not trained on nor scored.
+    beta : float
+        Smooth-L1's transition from quadratic to linear, in the loss's unit (px or m).
     device : "auto", "cpu" or "cuda".
     """
 
@@ -150,19 +152,24 @@ class StereoRefiner(_RefinerNode):
 
     def __init__(self, *, objective: str = "disparity", channels: int = 16,
                  dilations: Any = (1, 2, 4, 1), scale: float = 64.0,
-                 max_correction: float | None = None, epochs: int = 2,
+                 max_correction: float | None = None, split: bool = False, smooth: Any = (),
+                 smooth_range: float = 0.7, epochs: int = 2,
                  lr: float = 1e-3, batch_size: int = 4, crop: Any = (96, 320),
-                 max_depth: float = 80.0, device: str = "auto"):
+                 max_depth: float = 80.0, beta: float = 1.0, device: str = "auto"):
         self.objective = objective
         self.channels = channels
         self.dilations = dilations
         self.scale = scale
         self.max_correction = max_correction
+        self.split = split
+        self.smooth = smooth
+        self.smooth_range = smooth_range
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
         self.crop = crop
         self.max_depth = max_depth
+        self.beta = beta
         self.device = device
 
     def refiner_config(self):
@@ -170,7 +177,8 @@ class StereoRefiner(_RefinerNode):
         try:
             return RefinerConfig(channels=int(self.channels), dilations=tuple(self.dilations),
                                  scale=float(self.scale), max_correction=None if self.max_correction
-                                 is None else float(self.max_correction))
+                                 is None else float(self.max_correction), split=bool(self.split),
+                                 smooth=tuple(self.smooth), smooth_range=float(self.smooth_range))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{type(self).__name__}: {err}") from None
 
@@ -195,7 +203,7 @@ class StereoRefiner(_RefinerNode):
         the initialisation of every layer but the zero last one)."""
         import torch
 
-        from entangle.models.refine_net import DisparityRefiner, refiner_features
+        from entangle.models.refine_net import DisparityRefiner, edge_aware_candidates, refiner_features
         from entangle.training import resolve_device, train
 
         self._check_objective()
@@ -219,6 +227,14 @@ class StereoRefiner(_RefinerNode):
         dev = resolve_device(self.device)
         gen = torch.Generator().manual_seed(seed)
         depth_loss = self.objective == "depth"
+        # the edge-aware candidates depend on SGBM's answer alone: once per scene, not per step
+        candidates = np.zeros((n, len(config.smooth), h, w), dtype=np.float32)
+        with torch.no_grad():
+            for b0 in range(0, n if config.smooth else 0, 16):
+                sl = slice(b0, b0 + 16)
+                _, _, d0, invalid = self._tensors(left[:0], right[:0], disparity[sl], matched[sl], dev)
+                candidates[sl] = edge_aware_candidates(d0, invalid, config.smooth,
+                                                       float(config.smooth_range)).cpu().numpy()
 
         def batch_loss(module, idx, step):
             idx = np.sort(np.asarray(idx))
@@ -227,7 +243,9 @@ class StereoRefiner(_RefinerNode):
             win = (slice(None), slice(y0, y0 + ch), slice(x0, x0 + cw))
             l, r, d0, invalid = self._tensors(left[idx], right[idx], disparity[idx], matched[idx], dev)
             with torch.no_grad():
-                feats = refiner_features(l, r, d0, invalid, float(config.scale))[:, :, win[1], win[2]]
+                feats = refiner_features(l, r, d0, invalid, float(config.scale), config.smooth,
+                                         float(config.smooth_range),
+                                         torch.from_numpy(candidates[idx]).to(dev))[:, :, win[1], win[2]]
             gt = torch.from_numpy(gt_all[idx][win]).to(dev)
             fb = torch.from_numpy(fb_all[idx]).float().to(dev).view(-1, 1, 1)
             mask = (gt > 0) & (fb <= self.max_depth * gt)
@@ -236,7 +254,7 @@ class StereoRefiner(_RefinerNode):
             pred = d0[win] + module.correction(feats)
             if depth_loss:
                 pred, gt = fb / pred.clamp(min=1e-3), fb / gt.clamp(min=1e-6)
-            return torch.nn.functional.smooth_l1_loss(pred[mask], gt[mask]), len(idx)
+            return torch.nn.functional.smooth_l1_loss(pred[mask], gt[mask], beta=float(self.beta)), len(idx)
 
         trained = train(net, batch_loss, epochs=int(self.epochs), n=n, batch_size=int(self.batch_size),
                         rng=gen, lr=float(self.lr), schedule="cosine", schedule_every="step",
