@@ -4,9 +4,11 @@ Times, on the world's validation scenes (192 × 624; rendered on first use), Ope
 scene as the pipeline's ``sgbm`` node runs it, then the refiner
 (:class:`entangle.models.stereo_refiner.StereoRefiner`, the pipeline's network): its input
 features per scene, a prediction per scene (batch norm folded), and a training step (batch of
-4 crops of 96 × 320, features computed on the whole images first, as ``fit`` does). From these
-it prints what one fine-tuning and one prediction pass cost at the case study's sizes. Numbers
-are printed, never asserted; say the load average when you quote them::
+4 crops of 96 × 320, features computed on the whole images first, as ``fit`` does, with the
+edge-aware candidates computed once per scene before training). The refiner is the one of
+``conf/pipeline/fixes_that_fail.yaml`` (its ``stereo`` node). From these it prints what one
+fine-tuning and one prediction pass cost at the case study's sizes. Numbers are printed, never
+asserted; say the load average when you quote them::
 
     python experiments/bench_hybrid_stereo.py                    # one torch thread
     python experiments/bench_hybrid_stereo.py --threads 2 --scenes 8
@@ -20,14 +22,28 @@ import os
 import statistics
 import time
 
+from pathlib import Path
+
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from entangle.data.world_source import WorldSource
-from entangle.models.refine_net import DisparityRefiner, RefinerConfig, refiner_features
+from entangle.models.refine_net import DisparityRefiner, edge_aware_candidates, refiner_features
 from entangle.models.stereo import ClassicalStereo
 from entangle.models.stereo_net import fused_for_inference
 from entangle.models.stereo_refiner import StereoRefiner
+
+
+#: the pipeline whose refiner is priced
+PIPELINE = Path(__file__).resolve().parents[1] / "conf" / "pipeline" / "fixes_that_fail.yaml"
+
+
+def pipeline_refiner() -> StereoRefiner:
+    """The case study's refiner node, built from its pipeline config (no inputs, no targets)."""
+    spec = OmegaConf.to_container(OmegaConf.load(PIPELINE).nodes.stereo, resolve=True)
+    params = {k: v for k, v in spec.items() if k not in ("_target_", "inputs", "targets", "init")}
+    return StereoRefiner(**{**params, "device": "cpu", "crop": None})
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -50,7 +66,8 @@ def main() -> None:
                         "(default: the pipeline's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    epochs = args.epochs if args.epochs is not None else StereoRefiner().epochs
+    node = pipeline_refiner()
+    epochs = args.epochs if args.epochs is not None else int(node.epochs)
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
           f"torch threads: {args.threads}")
 
@@ -63,27 +80,30 @@ def main() -> None:
     t_sgbm = (time.perf_counter() - t0) / n
     h, w = x["left"].shape[1:3]
 
-    node = StereoRefiner(epochs=0, device="cpu", crop=None)
-    bs = node.batch_size
+    bs = int(node.batch_size)
     left, right, d0, invalid = node._tensors(x["left"][:bs], x["right"][:bs], out["disparity"][:bs],
                                              out["matched"][:bs], torch.device("cpu"))
-    config = RefinerConfig()
+    config = node.refiner_config()
     net = DisparityRefiner(config)
     fused = fused_for_inference(net)
+    smooth, rng = config.smooth, float(config.smooth_range)
     with torch.inference_mode():
-        t_feat = _median_time(lambda: refiner_features(left, right, d0, invalid, config.scale, config.smooth, config.smooth_range), args.repeats) / bs
+        t_feat = _median_time(lambda: refiner_features(left, right, d0, invalid, config.scale, smooth, rng),
+                              args.repeats) / bs
+        t_cand = _median_time(lambda: edge_aware_candidates(d0, invalid, smooth, rng), args.repeats) / bs
         t_pred = _median_time(lambda: fused(left, right, d0, invalid), args.repeats) / bs
+        candidates = edge_aware_candidates(d0, invalid, smooth, rng)
 
     ch, cw = 96, 320
-    target = torch.from_numpy(np.asarray(val["disparity"][:bs], dtype=np.float32))[:, :ch, :cw]
+    target = torch.from_numpy(np.array(val["disparity"][:bs], dtype=np.float32))[:, :ch, :cw]
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     torch.nn.init.normal_(net.out.weight, std=1e-3)
 
     def step():
         with torch.no_grad():
-            f = refiner_features(left, right, d0, invalid, config.scale, config.smooth, config.smooth_range)[:, :, :ch, :cw]
+            f = refiner_features(left, right, d0, invalid, config.scale, smooth, rng, candidates)[:, :, :ch, :cw]
         pred = d0[:, :ch, :cw] + net.correction(f)
-        loss = torch.nn.functional.smooth_l1_loss(pred, target)
+        loss = torch.nn.functional.smooth_l1_loss(pred, target, beta=float(node.beta))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -93,13 +113,14 @@ def main() -> None:
     steps = epochs * math.ceil(args.train / bs)
     print(f"\nPer 192 x 624 scene ({n} validation scenes for SGBM; batches of {bs} for the refiner):")
     print(f"  SGBM (8 paths, 80 px search, holes filled): {t_sgbm:.3f} s")
-    print(f"  refiner input features (warps, block costs): {t_feat:.3f} s")
+    print(f"  refiner input features (warps, block costs, candidates): {t_feat:.3f} s, of which "
+          f"the edge-aware candidates {smooth}: {t_cand:.3f} s")
     print(f"  refiner prediction, features included: {t_pred:.3f} s")
     print(f"  refiner training step (batch {bs} of {ch} x {cw} crops): {t_step:.3f} s")
     print(f"\nAt the case study's sizes ({args.train} training, {args.test} test scenes, {epochs} epochs):")
     print(f"  SGBM once for every seed and loss: {t_sgbm * (args.train + args.test):.0f} s")
-    print(f"  one refiner fine-tuning: {steps} steps, {steps * t_step:.0f} s; its predictions on "
-          f"train + test: {t_pred * (args.train + args.test):.0f} s")
+    print(f"  one refiner fine-tuning: candidates {t_cand * args.train:.0f} s, {steps} steps "
+          f"{steps * t_step:.0f} s; its predictions on train + test: {t_pred * (args.train + args.test):.0f} s")
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f}")
 
 
