@@ -160,6 +160,19 @@ def test_edge_aware_candidates_average_a_surface_and_stop_at_its_edge():
 
 # -- bad input: one line naming the field --------------------------------------------------------
 
+@pytest.mark.parametrize("field, value, says", [
+    ("beta", -1.0, "beta must be a finite number >= 0"),
+    ("beta", float("nan"), "beta must be a finite number >= 0"),
+    ("smooth", [4], "smooth must list odd window sizes"),
+    ("smooth_range", 0.0, "smooth_range must be positive"),
+])
+def test_bad_refiner_options_are_refused_before_training_naming_the_field(dots, field, value, says):
+    x, y, _ = dots
+    with pytest.raises(ValueError, match=says) as info:
+        StereoRefiner(epochs=1, **{**SMALL, field: value}).fit(x, y, seed=0)
+    assert "StereoRefiner" in str(info.value) and "\n" not in str(info.value)
+
+
 def test_a_classical_disparity_of_the_wrong_shape_is_refused_naming_the_input(dots):
     x, y, _ = dots
     node = StereoRefiner(epochs=0, **SMALL).fit(x, y, seed=0)

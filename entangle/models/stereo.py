@@ -509,7 +509,35 @@ def _resolve(path: str | Path) -> Path:
     return repo / p if (repo / p).exists() else p
 
 
-class StereoCheckpoint(_NetworkStereo):
+class CheckpointNode:
+    """What every node read from a checkpoint file shares: its parameters (the file, its
+    expected SHA-256, and the per-image loss, batch and device of the network it holds), the
+    network config known only once fitted, and the verified load (:func:`read_checkpoint`)."""
+
+    def __init__(self, *, path: str, sha256: str, objective: str = "disparity",
+                 max_depth: float = 80.0, batch_size: int = 4, device: str = "auto"):
+        self.path = path
+        self.sha256 = sha256
+        self.objective = objective
+        self.max_depth = max_depth
+        self.batch_size = batch_size
+        self.device = device
+
+    def _checkpoint_config(self) -> Any:
+        if not hasattr(self, "config_"):
+            raise NotFittedError(f"{type(self).__name__} is not fitted: its network config comes "
+                                 "from the checkpoint file; call fit first")
+        return self.config_
+
+    def _load_checkpoint(self, fmt: str, config_cls: Any) -> None:
+        """Read and verify the file, then take its config, weights and ``meta_``."""
+        payload = read_checkpoint(self.path, self.sha256, fmt, type(self).__name__)
+        self.config_ = config_cls(**payload["config"])
+        self._load_module({f"module.{k}": v for k, v in payload["state_dict"].items()}, self.config_)
+        self.meta_ = dict(payload.get("meta") or {})
+
+
+class StereoCheckpoint(CheckpointNode, _NetworkStereo):
     """A stereo network read from a checkpoint file: its "fit" loads and verifies the file.
 
     It behaves like the :class:`StereoNet` whose weights the file holds (same outputs, loss
@@ -531,20 +559,8 @@ class StereoCheckpoint(_NetworkStereo):
 
     version = "1"
 
-    def __init__(self, *, path: str, sha256: str, objective: str = "disparity",
-                 max_depth: float = 80.0, batch_size: int = 4, device: str = "auto"):
-        self.path = path
-        self.sha256 = sha256
-        self.objective = objective
-        self.max_depth = max_depth
-        self.batch_size = batch_size
-        self.device = device
-
     def network_config(self):
-        if not hasattr(self, "config_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted: its network config comes "
-                                 "from the checkpoint file; call fit first")
-        return self.config_
+        return self._checkpoint_config()
 
     def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *,
             seed: int) -> "StereoCheckpoint":
@@ -560,10 +576,7 @@ class StereoCheckpoint(_NetworkStereo):
 
         from entangle.models.stereo_net import StereoNetConfig
         self._check_objective()
-        payload = read_checkpoint(self.path, self.sha256, CHECKPOINT_FORMAT, type(self).__name__)
-        self.config_ = StereoNetConfig(**payload["config"])
-        self._load_module({f"module.{k}": v for k, v in payload["state_dict"].items()}, self.config_)
-        self.meta_ = dict(payload.get("meta") or {})
+        self._load_checkpoint(CHECKPOINT_FORMAT, StereoNetConfig)
         return self
 
     def state_dict(self) -> dict[str, Any]:

@@ -24,9 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from entangle.models.stereo import (IMAGE_MEAN, IMAGE_STD, _images, _StereoOutputs,
-                                    _target_disparity, focal_baseline, read_checkpoint,
-                                    write_checkpoint)
+from entangle.models.stereo import (IMAGE_MEAN, IMAGE_STD, CheckpointNode, _images, _StereoOutputs,
+                                    _target_disparity, focal_baseline, write_checkpoint)
 from entangle.node import NotFittedError
 
 log = logging.getLogger(__name__)
@@ -208,6 +207,13 @@ class StereoRefiner(_RefinerNode):
 
         self._check_objective()
         owner = repr(self)
+        try:
+            beta_ok = float(self.beta) >= 0 and np.isfinite(float(self.beta))
+        except (TypeError, ValueError):
+            beta_ok = False
+        if not beta_ok:
+            raise ValueError(f"{owner}: beta must be a finite number >= 0 (smooth-L1's knee; 0 is "
+                             f"the L1 loss), got {self.beta!r}")
         left, right = _images(inputs, owner)
         n, h, w, _ = left.shape
         disparity, matched = _classical(inputs, (n, h, w), owner)
@@ -281,7 +287,7 @@ def save_refiner(node: _RefinerNode, path: str | Path, **meta: Any) -> str:
     return write_checkpoint(node._fitted_module(), path, REFINER_FORMAT, **meta)
 
 
-class RefinerCheckpoint(_RefinerNode):
+class RefinerCheckpoint(CheckpointNode, _RefinerNode):
     """A pretrained refiner read from a file whose SHA-256 must match ``sha256``.
 
     Its "fit" loads and verifies the file (inputs, targets and seed are not read); it predicts
@@ -291,20 +297,8 @@ class RefinerCheckpoint(_RefinerNode):
 
     version = "1"
 
-    def __init__(self, *, path: str, sha256: str, objective: str = "disparity",
-                 max_depth: float = 80.0, batch_size: int = 4, device: str = "auto"):
-        self.path = path
-        self.sha256 = sha256
-        self.objective = objective
-        self.max_depth = max_depth
-        self.batch_size = batch_size
-        self.device = device
-
     def refiner_config(self):
-        if not hasattr(self, "config_"):
-            raise NotFittedError(f"{type(self).__name__} is not fitted: its network config comes "
-                                 "from the checkpoint file; call fit first")
-        return self.config_
+        return self._checkpoint_config()
 
     def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *,
             seed: int) -> "RefinerCheckpoint":
@@ -312,10 +306,7 @@ class RefinerCheckpoint(_RefinerNode):
 
         from entangle.models.refine_net import RefinerConfig
         self._check_objective()
-        payload = read_checkpoint(self.path, self.sha256, REFINER_FORMAT, type(self).__name__)
-        self.config_ = RefinerConfig(**payload["config"])
-        self._load_module({f"module.{k}": v for k, v in payload["state_dict"].items()}, self.config_)
-        self.meta_ = dict(payload.get("meta") or {})
+        self._load_checkpoint(REFINER_FORMAT, RefinerConfig)
         return self
 
     def state_dict(self) -> dict[str, Any]:
