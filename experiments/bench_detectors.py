@@ -8,6 +8,8 @@ detector (one mean-sized box per image at the training objects' mean position) a
 
     python experiments/bench_detectors.py                 # 400 train / 200 test scenes
     python experiments/bench_detectors.py --train 64 --test 32 --ped '{"epochs_2d": 4}'   # a quick look
+    python experiments/bench_detectors.py --world case-study --train 150   # the case study's world: its
+        # first 150 train scenes, scored on its 120 validation scenes (where detector sizes are chosen)
 """
 
 from __future__ import annotations
@@ -46,6 +48,18 @@ def world_arrays(root: Path, n_scenes: int, seed: int, n_train: int, n_test: int
     train = detection_batch(KittiDataset(root, ids=ids[:n_train]))
     test = detection_batch(KittiDataset(root, ids=ids[n_train:n_train + n_test]))
     return train, test
+
+
+def case_study_arrays(n_train: int, n_val: int):
+    """Train and validation batches of the case study's world (conf/pipeline/fixes_that_fail.yaml:
+    1,200 scenes, seed 0): its first ``n_train`` train scenes and first ``n_val`` validation ones."""
+    from entangle.data.world_source import WorldSource
+    source = WorldSource(n_scenes=1200, seed=0, limits={"train": n_train, "val": n_val})
+    out = []
+    for split in ("train", "val"):
+        d = source.load(split, seed=0)
+        out.append({"image": d["left"], "depth": d["depth"], "calib": d["calib"], "labels": d["labels"]})
+    return tuple(out)
 
 
 def trivial_boxes(test: dict, train_labels: Ragged, cls: int) -> dict:
@@ -92,12 +106,19 @@ def main() -> None:
     ap.add_argument("--car", type=json.loads, default={}, help="CarDetector keyword arguments (JSON)")
     ap.add_argument("--ped", type=json.loads, default={}, help="PedestrianDetector keyword arguments (JSON)")
     ap.add_argument("--only", choices=("car", "ped"), default=None)
+    ap.add_argument("--world", choices=("bench", "case-study"), default="bench",
+                    help="bench: a world of its own (--root, --seed), split at random; case-study: the "
+                         "case study's world, scored on its validation scenes (at most 120)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    train, test = world_arrays(args.root, args.train + args.test, args.seed, args.train, args.test)
-    print(f"data: {args.train} train / {args.test} test scenes ({time.perf_counter() - t0:.1f} s)")
+    if args.world == "case-study":
+        train, test = case_study_arrays(args.train, args.test)
+    else:
+        train, test = world_arrays(args.root, args.train + args.test, args.seed, args.train, args.test)
+    print(f"data: {len(train['image'])} train / {len(test['image'])} "
+          f"{'validation' if args.world == 'case-study' else 'test'} scenes ({time.perf_counter() - t0:.1f} s)")
     t0 = time.perf_counter()
     for d in (train, test):
         d["points"] = depth_to_points_batch(d["depth"], d["calib"])

@@ -7,14 +7,16 @@ input with one line naming the field.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 
 from entangle.models.refine_net import (IN_CHANNELS, DisparityRefiner, RefinerConfig, edge_aware_mean,
-                                        refiner_features)
+                                        edge_aware_means, refiner_features)
 from entangle.models.stereo import ClassicalStereo, file_sha256
-from entangle.models.stereo_refiner import RefinerCheckpoint, StereoRefiner, save_refiner
+from entangle.models.stereo_refiner import EdgeAwareMeans, RefinerCheckpoint, StereoRefiner, save_refiner
 from entangle.testing import check_node
 from test_stereo_net import random_dot_pairs, stereo_inputs
 
@@ -158,12 +160,73 @@ def test_edge_aware_candidates_average_a_surface_and_stop_at_its_edge():
     assert torch.equal(edge_aware_mean(noisy, alone, 5, 0.7), noisy)
 
 
+
+def test_edge_aware_means_are_the_definition_computed_pixel_by_pixel():
+    """The one-pass computation against the formula, written out per pixel and per window."""
+    gen = torch.Generator().manual_seed(1)
+    d = 5.0 + 3.0 * torch.rand(2, 9, 11, generator=gen)
+    m = (torch.rand(2, 9, 11, generator=gen) > 0.3).float()
+    got = edge_aware_means(d, m, (3, 5), 0.7).numpy()
+    dn, mn = d.double().numpy(), m.double().numpy()
+    for b in range(2):
+        for y in range(9):
+            for x in range(11):
+                for i, k in enumerate((3, 5)):
+                    r = k // 2
+                    ys, xs = slice(max(y - r, 0), y + r + 1), slice(max(x - r, 0), x + r + 1)
+                    wgt = mn[b, ys, xs] * np.exp(-0.5 * ((dn[b, ys, xs] - dn[b, y, x]) / 0.7) ** 2)
+                    want = (wgt * dn[b, ys, xs]).sum() / wgt.sum() if wgt.sum() > 1e-6 else dn[b, y, x]
+                    assert abs(got[b, i, y, x] - want) < 1e-4
+
+
+def test_candidates_computed_once_by_their_node_give_the_same_refiner(dots):
+    """Wired from an EdgeAwareMeans node (once per scene, every seed), the candidates train and
+    predict what the refiner computing them itself does, up to float rounding."""
+    x, y, _ = dots
+    opts = dict(SMALL, split=True, smooth=[3, 5], smooth_range=0.7, epochs=3, lr=0.01, crop=[16, 32])
+    means = EdgeAwareMeans(smooth=[3, 5], smooth_range=0.7).fit({}, {}, seed=0)
+    cand = means.predict({"disparity": x["disparity"], "matched": x["matched"]})["candidates"]
+    assert cand.shape == (6, 2, 32, 64) and cand.dtype == np.float32
+    own = StereoRefiner(**opts).fit(x, y, seed=0).predict(x)["disparity"]
+    wired = {**x, "candidates": cand}
+    given = StereoRefiner(**opts).fit(wired, y, seed=0).predict(wired)["disparity"]
+    moved = np.abs(own - x["disparity"]).max()
+    assert moved > 0.02                                         # the training did move it
+    assert np.abs(given - own).max() < 0.01 * moved
+
+
+@pytest.mark.parametrize("means, says", [
+    (dict(smooth=[3, 5], smooth_range=1.5), "differs from this node's smooth=[3, 5], smooth_range=0.7"),
+    (dict(smooth=[5], smooth_range=0.7), "input 'candidates' must have shape (6, 2, 32, 64)"),
+])
+def test_candidates_made_with_other_windows_or_range_are_refused(dots, means, says):
+    x, y, _ = dots
+    cand = EdgeAwareMeans(**means).fit({}, {}, seed=0).predict(
+        {"disparity": x["disparity"], "matched": x["matched"]})["candidates"]
+    with pytest.raises(ValueError, match=r"StereoRefiner\(.*" + re.escape(says)):
+        StereoRefiner(**dict(SMALL, split=True, smooth=[3, 5], epochs=1)).fit({**x, "candidates": cand}, y, seed=0)
+
+
+
+def test_a_refiner_can_start_at_an_edge_aware_mean_of_the_classical_map(dots):
+    """blend_start [0, 1]: untrained, matched pixels are the 5 x 5 mean, unmatched ones SGBM's
+    filled value (the classical answer the refiner learns from)."""
+    x, y, sgbm = dots
+    out = StereoRefiner(epochs=0, split=True, smooth=[3, 5], blend_start=[0, 1], **SMALL).fit(x, y, seed=0).predict(x)
+    matched = sgbm["matched"].astype(bool)
+    mean = edge_aware_mean(torch.from_numpy(sgbm["disparity"]), torch.from_numpy(matched).float(), 5, 0.7).numpy()
+    assert np.abs(out["disparity"] - mean)[matched].max() < 1e-4
+    assert np.array_equal(out["disparity"][~matched], sgbm["disparity"][~matched])
+    assert np.abs(mean - sgbm["disparity"])[matched].max() > 0.1    # and that start is not SGBM
+
+
 # -- bad input: one line naming the field --------------------------------------------------------
 
 @pytest.mark.parametrize("field, value, says", [
     ("beta", -1.0, "beta must be a finite number >= 0"),
     ("beta", float("nan"), "beta must be a finite number >= 0"),
     ("smooth", [4], "smooth must list odd window sizes"),
+    ("blend_start", [0, 1], "blend_start must give one finite weight per smooth window"),
     ("smooth_range", 0.0, "smooth_range must be positive"),
 ])
 def test_bad_refiner_options_are_refused_before_training_naming_the_field(dots, field, value, says):

@@ -58,7 +58,9 @@ class RefinerConfig:
     across an object's edge; ``max_correction`` then bounds the local one only. ``smooth``: the
     window sizes (odd, px) of the edge-aware candidates (module docstring) and ``smooth_range``
     (px) their range kernel; with ``split`` a matched pixel's correction is a learned blend of
-    them, ``Σ a_k·(candidate_k − d0) + r``, every weight and ``r`` starting at 0."""
+    them, ``Σ a_k·(candidate_k − d0) + r``, ``r`` starting at 0 and each ``a_k`` at
+    ``blend_start[k]`` (empty: all 0, so the untrained refiner is the classical map; ``[0, 1]``
+    with ``smooth: [5, 9]`` starts the matched pixels at the 9 × 9 edge-aware mean)."""
 
     channels: int = 16
     dilations: tuple[int, ...] = (1, 2, 4, 1)
@@ -67,10 +69,16 @@ class RefinerConfig:
     split: bool = False
     smooth: tuple[int, ...] = ()
     smooth_range: float = 0.7
+    blend_start: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dilations", tuple(int(d) for d in self.dilations))
         object.__setattr__(self, "smooth", tuple(int(k) for k in self.smooth))
+        object.__setattr__(self, "blend_start", tuple(float(a) for a in self.blend_start))
+        if self.blend_start and (len(self.blend_start) != len(self.smooth) or not self.split
+                                 or not all(math.isfinite(a) for a in self.blend_start)):
+            raise ValueError(f"blend_start must give one finite weight per smooth window "
+                             f"{list(self.smooth)} of a split refiner, got {list(self.blend_start)}")
         if any(k < 3 or k % 2 == 0 for k in self.smooth):
             raise ValueError(f"smooth must list odd window sizes of at least 3, got {self.smooth!r}")
         if not (float(self.smooth_range) > 0):
@@ -107,35 +115,56 @@ class RefinerConfig:
         d = asdict(self)
         d["dilations"] = list(self.dilations)
         d["smooth"] = list(self.smooth)
+        d["blend_start"] = list(self.blend_start)
         return d
+
+
+def edge_aware_means(disparity: torch.Tensor, matched: torch.Tensor, windows: tuple[int, ...],
+                     sigma: float) -> torch.Tensor:
+    """Per pixel and per window size ``k``, the mean of the matched disparities of its ``k × k``
+    window weighted by ``exp(−½((d_j − d_i)/sigma)²)``: a bilateral filter in disparity alone, so
+    a neighbour on another surface (a disparity edge) barely counts. (batch, H, W) ->
+    (batch, len(windows), H, W); a pixel with no weight keeps its own value.
+
+    One pass over the offsets of the largest window serves every window (a smaller window's
+    offsets are a subset), and no window stack is built: memory stays a few images.
+    """
+    b, h, w = disparity.shape
+    windows = tuple(int(k) for k in windows)
+    if not windows:
+        return disparity.new_zeros((b, 0, h, w))
+    r = max(windows) // 2
+    padded = F.pad(disparity, (r, r, r, r))
+    padded_matched = F.pad(matched.to(disparity.dtype), (r, r, r, r))
+    num = disparity.new_zeros((len(windows), b, h, w))
+    den = torch.zeros_like(num)
+    weight, weighted = torch.empty_like(disparity), torch.empty_like(disparity)
+    scale = -0.5 / float(sigma) ** 2
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            near = padded[:, r + dy:r + dy + h, r + dx:r + dx + w]
+            torch.sub(near, disparity, out=weight)
+            weight.square_().mul_(scale).exp_().mul_(padded_matched[:, r + dy:r + dy + h, r + dx:r + dx + w])
+            torch.mul(weight, near, out=weighted)
+            for i, k in enumerate(windows):
+                if max(abs(dy), abs(dx)) <= k // 2:
+                    num[i].add_(weighted)
+                    den[i].add_(weight)
+    means = torch.where(den > 1e-6, num / den.clamp(min=1e-6), disparity.unsqueeze(0))
+    return means.transpose(0, 1).contiguous()
 
 
 def edge_aware_mean(disparity: torch.Tensor, matched: torch.Tensor, k: int,
                     sigma: float) -> torch.Tensor:
-    """Per pixel, the mean of the matched disparities of its ``k × k`` window weighted by
-    ``exp(−½((d_j − d_i)/sigma)²)``: a bilateral filter in disparity alone, so a neighbour on
-    another surface (a disparity edge) barely counts. (batch, H, W) -> (batch, H, W); a pixel
-    with no weight keeps its own value. One image at a time: the window stack is k² images."""
-    out = torch.empty_like(disparity)
-    h, w = disparity.shape[-2:]
-    for i in range(disparity.shape[0]):
-        d, m = disparity[i].view(1, 1, h, w), matched[i].view(1, 1, h, w)
-        nd = F.unfold(d, k, padding=k // 2).view(k * k, h, w)
-        weight = F.unfold(m, k, padding=k // 2).view(k * k, h, w)
-        weight = weight * torch.exp(-0.5 * ((nd - d[0]) / sigma) ** 2)
-        total = weight.sum(dim=0)
-        out[i] = torch.where(total > 1e-6, (weight * nd).sum(dim=0) / total.clamp(min=1e-6), d[0, 0])
-    return out
+    """:func:`edge_aware_means` for one window size: (batch, H, W) -> (batch, H, W)."""
+    return edge_aware_means(disparity, matched, (k,), sigma)[:, 0]
 
 
 def edge_aware_candidates(disparity: torch.Tensor, invalid: torch.Tensor, smooth: tuple[int, ...],
                           smooth_range: float) -> torch.Tensor:
     """The edge-aware candidates minus ``d0``, (batch, len(smooth), H, W): one
-    :func:`edge_aware_mean` of the matched disparities per window size."""
-    matched = 1.0 - invalid
-    return torch.stack([edge_aware_mean(disparity, matched, k, smooth_range) - disparity
-                        for k in smooth], dim=1) if smooth else disparity.new_zeros(
-                            (disparity.shape[0], 0, *disparity.shape[-2:]))
+    :func:`edge_aware_means` of the matched disparities per window size."""
+    return edge_aware_means(disparity, 1.0 - invalid, tuple(smooth), smooth_range) - disparity.unsqueeze(1)
 
 
 def refiner_features(left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor,
@@ -189,13 +218,17 @@ class DisparityRefiner(nn.Module):
             self.local_out = nn.Conv2d(c, 1 + len(self.config.smooth), 1)
             nn.init.zeros_(self.local_out.weight)
             nn.init.zeros_(self.local_out.bias)
+            with torch.no_grad():
+                for k, a in enumerate(self.config.blend_start):
+                    self.local_out.bias[1 + k] = a
 
     def forward(self, left: torch.Tensor, right: torch.Tensor, disparity: torch.Tensor,
-                invalid: torch.Tensor) -> torch.Tensor:
+                invalid: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """(batch, 3, H, W) images, (batch, H, W) classical disparity and invalid mask ->
-        refined disparity (batch, H, W)."""
+        refined disparity (batch, H, W); ``candidates``: the edge-aware candidates when already
+        computed (:func:`edge_aware_candidates`), else computed here."""
         features = refiner_features(left, right, disparity, invalid, float(self.config.scale),
-                                    self.config.smooth, float(self.config.smooth_range))
+                                    self.config.smooth, float(self.config.smooth_range), candidates)
         return disparity + self.correction(features)
 
     def correction(self, features: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import numpy as np
 
 from entangle.models.stereo import (IMAGE_MEAN, IMAGE_STD, CheckpointNode, _images, _StereoOutputs,
                                     _target_disparity, focal_baseline, write_checkpoint)
-from entangle.node import NotFittedError
+from entangle.node import BaseNode, NotFittedError
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,115 @@ def _classical(inputs: Mapping[str, Any], shape: tuple[int, ...], owner: str) ->
     return disparity, out[1]
 
 
+def _candidates(inputs: Mapping[str, Any], shape: tuple[int, ...], owner: str) -> np.ndarray | None:
+    """Input ``candidates`` (N, K, H, W) float32 when wired (an :class:`EdgeAwareMeans` node),
+    checked against the images and the refiner's ``K`` candidates; None when not wired."""
+    if "candidates" not in inputs:
+        return None
+    a = np.asarray(inputs["candidates"])
+    if a.shape != shape:
+        raise ValueError(f"{owner}: input 'candidates' must have shape {shape} (N, len(smooth), H, W), "
+                         f"got {a.shape}")
+    return a
+
+
+def _check_candidates(candidates: np.ndarray, disparity: np.ndarray, matched: np.ndarray, config,
+                      owner: str) -> None:
+    """Refuse candidates made with other windows or another range than this refiner's: scene 0
+    is recomputed and compared (a few hundredths of a second)."""
+    import torch
+
+    from entangle.models.refine_net import edge_aware_candidates
+    with torch.no_grad():
+        d0 = torch.from_numpy(np.array(disparity[:1], dtype=np.float32))
+        invalid = torch.from_numpy(~np.asarray(matched[:1], dtype=bool)).float()
+        own = edge_aware_candidates(d0, invalid, config.smooth, float(config.smooth_range)).numpy()
+    gap = float(np.max(np.abs(own - np.asarray(candidates[:1], dtype=np.float32)))) if own.size else 0.0
+    if not gap <= 1e-3:
+        raise ValueError(f"{owner}: input 'candidates' differs from this node's smooth="
+                         f"{list(config.smooth)}, smooth_range={config.smooth_range} by up to {gap:.3g} px "
+                         f"on sample 0: give the EdgeAwareMeans node the same windows and range")
+
+
+class EdgeAwareMeans(BaseNode):
+    """The edge-aware candidates of a classical disparity (what a split refiner blends), as a
+    node: the same for every seed and both losses, so computed once per scene and stored.
+
+    Output ``candidates`` (N, len(smooth), H, W) float32: per window size ``k`` of ``smooth``,
+    the range-weighted mean of the matched disparities of the ``k × k`` window minus the
+    disparity itself (:func:`entangle.models.refine_net.edge_aware_candidates`). Wire it to a
+    :class:`StereoRefiner` with the same ``smooth`` and ``smooth_range`` (it checks).
+    """
+
+    input_kinds = {"disparity": "disparity", "matched": "mask"}
+    output_kinds = {"candidates": "candidates"}
+    metric = "changed"
+    version = "1"
+    uses_seed = False
+    execution_params = ("batch_size",)
+
+    def __init__(self, *, smooth: Any = (5, 9), smooth_range: float = 0.7, batch_size: int = 16):
+        self.smooth = smooth
+        self.smooth_range = smooth_range
+        self.batch_size = batch_size
+
+    def _config(self):
+        from entangle.models.refine_net import RefinerConfig
+        try:
+            return RefinerConfig(smooth=tuple(self.smooth), smooth_range=float(self.smooth_range))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
+
+    def fit(self, inputs: Mapping[str, Any], targets: Mapping[str, Any], *, seed: int) -> "EdgeAwareMeans":
+        self._config()
+        self.fitted_ = True
+        return self
+
+    def predict(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        import torch
+
+        from entangle.models.refine_net import edge_aware_candidates
+        self.check_is_fitted()
+        config, owner = self._config(), repr(self)
+        d = np.asarray(inputs["disparity"], dtype=np.float32)
+        if d.ndim != 3:
+            raise ValueError(f"{owner}: input 'disparity' must be (N, H, W), got shape {d.shape}")
+        disparity, matched = _classical(inputs, d.shape, owner)
+        out = np.zeros((len(d), len(config.smooth), *d.shape[1:]), dtype=np.float32)
+        bs = max(int(self.batch_size), 1)
+        with torch.no_grad():
+            for b0 in range(0, len(d) if config.smooth else 0, bs):
+                sl = slice(b0, b0 + bs)
+                invalid = torch.from_numpy(~np.asarray(matched[sl], dtype=bool)).float()
+                out[sl] = edge_aware_candidates(torch.from_numpy(np.array(disparity[sl])), invalid,
+                                                config.smooth, float(config.smooth_range)).numpy()
+        return {"candidates": out}
+
+    def loss(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> np.ndarray:
+        """No objective of its own: zero per sample."""
+        return np.zeros(len(predictions["candidates"]))
+
+    def score(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, float]:
+        """``changed``: the share of pixels a candidate moves by more than 0.01 px."""
+        c = np.abs(np.asarray(predictions["candidates"]))
+        return {"changed": float((c.max(axis=1) > 0.01).mean()) if c.size else 0.0}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"fitted_": np.array(True)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> "EdgeAwareMeans":
+        self.fitted_ = True
+        return self
+
+
 class _RefinerNode(_StereoOutputs):
     """What every node holding a fitted refiner shares: prediction and the stored state."""
 
     input_kinds = {"left": "image", "right": "image", "disparity": "disparity", "matched": "mask",
-                   "calib": "calib", "baseline": "scalar"}
+                   "calib": "calib", "baseline": "scalar", "candidates": "candidates"}
+    #: ``candidates``: the edge-aware candidates already computed by an :class:`EdgeAwareMeans`
+    #: node (once per scene for every seed); not wired, the refiner computes them itself
+    optional_inputs = ("candidates",)
     execution_params = ("device",)
 
     batch_size: int
@@ -100,6 +204,10 @@ class _RefinerNode(_StereoOutputs):
         owner = repr(self)
         left, right = _images(inputs, owner)
         disparity, matched = _classical(inputs, left.shape[:3], owner)
+        config = module.config
+        candidates = _candidates(inputs, (len(left), len(config.smooth), *left.shape[1:3]), owner)
+        if candidates is not None:
+            _check_candidates(candidates, disparity, matched, config, owner)
         fb = focal_baseline(inputs, len(left), owner)
         dev = resolve_device(self.device)
         net = fused_for_inference(module).to(dev)
@@ -108,7 +216,10 @@ class _RefinerNode(_StereoOutputs):
         with torch.inference_mode():
             for b0 in range(0, len(left), bs):
                 sl = slice(b0, b0 + bs)
-                out[sl] = net(*self._tensors(left[sl], right[sl], disparity[sl], matched[sl], dev)).cpu().numpy()
+                given = None if candidates is None else torch.from_numpy(
+                    np.array(candidates[sl], dtype=np.float32)).to(dev)
+                out[sl] = net(*self._tensors(left[sl], right[sl], disparity[sl], matched[sl], dev),
+                              given).cpu().numpy()
         return self._outputs(out, fb)
 
     def _module_state(self) -> dict[str, Any]:
@@ -133,7 +244,7 @@ class StereoRefiner(_RefinerNode):
     ----------
     objective : {"disparity", "depth"}
         Space of the training loss and of the per-image loss.
-    channels, dilations, scale, max_correction, split, smooth, smooth_range : the network
+    channels, dilations, scale, max_correction, split, smooth, smooth_range, blend_start : the network
         (:class:`~entangle.models.refine_net.RefinerConfig`).
     epochs, lr, batch_size : training schedule (Adam, cosine decay of the rate to 0). ``epochs: 0``
         leaves the network as it starts: the classical disparity itself, or ``init``'s refiner.
@@ -152,7 +263,7 @@ class StereoRefiner(_RefinerNode):
     def __init__(self, *, objective: str = "disparity", channels: int = 16,
                  dilations: Any = (1, 2, 4, 1), scale: float = 64.0,
                  max_correction: float | None = None, split: bool = False, smooth: Any = (),
-                 smooth_range: float = 0.7, epochs: int = 2,
+                 smooth_range: float = 0.7, blend_start: Any = (), epochs: int = 2,
                  lr: float = 1e-3, batch_size: int = 4, crop: Any = (96, 320),
                  max_depth: float = 80.0, beta: float = 1.0, device: str = "auto"):
         self.objective = objective
@@ -163,6 +274,7 @@ class StereoRefiner(_RefinerNode):
         self.split = split
         self.smooth = smooth
         self.smooth_range = smooth_range
+        self.blend_start = blend_start
         self.epochs = epochs
         self.lr = lr
         self.batch_size = batch_size
@@ -177,7 +289,8 @@ class StereoRefiner(_RefinerNode):
             return RefinerConfig(channels=int(self.channels), dilations=tuple(self.dilations),
                                  scale=float(self.scale), max_correction=None if self.max_correction
                                  is None else float(self.max_correction), split=bool(self.split),
-                                 smooth=tuple(self.smooth), smooth_range=float(self.smooth_range))
+                                 smooth=tuple(self.smooth), smooth_range=float(self.smooth_range),
+                                 blend_start=tuple(self.blend_start))
         except (TypeError, ValueError) as err:
             raise ValueError(f"{type(self).__name__}: {err}") from None
 
@@ -202,7 +315,7 @@ class StereoRefiner(_RefinerNode):
         the initialisation of every layer but the zero last one)."""
         import torch
 
-        from entangle.models.refine_net import DisparityRefiner, edge_aware_candidates, refiner_features
+        from entangle.models.refine_net import BLOCK, DisparityRefiner, edge_aware_candidates, refiner_features
         from entangle.training import resolve_device, train
 
         self._check_objective()
@@ -234,30 +347,43 @@ class StereoRefiner(_RefinerNode):
         gen = torch.Generator().manual_seed(seed)
         depth_loss = self.objective == "depth"
         # the edge-aware candidates depend on SGBM's answer alone: once per scene, not per step
-        candidates = np.zeros((n, len(config.smooth), h, w), dtype=np.float32)
-        with torch.no_grad():
-            for b0 in range(0, n if config.smooth else 0, 16):
-                sl = slice(b0, b0 + 16)
-                _, _, d0, invalid = self._tensors(left[:0], right[:0], disparity[sl], matched[sl], dev)
-                candidates[sl] = edge_aware_candidates(d0, invalid, config.smooth,
-                                                       float(config.smooth_range)).cpu().numpy()
+        # (an EdgeAwareMeans node wired as `candidates` computes them once for every seed)
+        candidates = _candidates(inputs, (n, len(config.smooth), h, w), owner)
+        if candidates is not None:
+            _check_candidates(candidates, disparity, matched, config, owner)
+        else:
+            candidates = np.zeros((n, len(config.smooth), h, w), dtype=np.float32)
+            with torch.no_grad():
+                for b0 in range(0, n if config.smooth else 0, 16):
+                    sl = slice(b0, b0 + 16)
+                    _, _, d0, invalid = self._tensors(left[:0], right[:0], disparity[sl], matched[sl], dev)
+                    candidates[sl] = edge_aware_candidates(d0, invalid, config.smooth,
+                                                           float(config.smooth_range)).cpu().numpy()
 
         def batch_loss(module, idx, step):
             idx = np.sort(np.asarray(idx))
             y0 = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
             x0 = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
             win = (slice(None), slice(y0, y0 + ch), slice(x0, x0 + cw))
-            l, r, d0, invalid = self._tensors(left[idx], right[idx], disparity[idx], matched[idx], dev)
+            # the features of the crop's rows and BLOCK // 2 rows either side (what the averaged
+            # photometric errors read), on whole rows (what the warps read): the crop's features
+            # as on the whole image, for about half the cost
+            rows = slice(max(y0 - BLOCK // 2, 0), min(y0 + ch + BLOCK // 2, h))
+            l, r, d0, invalid = self._tensors(left[idx, rows], right[idx, rows], disparity[idx, rows],
+                                              matched[idx, rows], dev)
             with torch.no_grad():
                 feats = refiner_features(l, r, d0, invalid, float(config.scale), config.smooth,
                                          float(config.smooth_range),
-                                         torch.from_numpy(candidates[idx]).to(dev))[:, :, win[1], win[2]]
+                                         torch.from_numpy(np.array(candidates[idx][:, :, rows],
+                                                                   dtype=np.float32)).to(dev))
+                feats = feats[:, :, y0 - rows.start:y0 - rows.start + ch, x0:x0 + cw]
+            d0 = d0[:, y0 - rows.start:y0 - rows.start + ch, x0:x0 + cw]
             gt = torch.from_numpy(gt_all[idx][win]).to(dev)
             fb = torch.from_numpy(fb_all[idx]).float().to(dev).view(-1, 1, 1)
             mask = (gt > 0) & (fb <= self.max_depth * gt)
             if not bool(mask.any()):
                 return None
-            pred = d0[win] + module.correction(feats)
+            pred = d0 + module.correction(feats)
             if depth_loss:
                 pred, gt = fb / pred.clamp(min=1e-3), fb / gt.clamp(min=1e-6)
             return torch.nn.functional.smooth_l1_loss(pred[mask], gt[mask], beta=float(self.beta)), len(idx)
