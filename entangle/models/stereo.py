@@ -36,7 +36,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from entangle.models.stereo_metrics import (depth_from_disparity, evaluation_mask,
+from entangle.models.stereo_metrics import (CHUNK, depth_from_disparity, evaluation_mask,
                                             per_image_smooth_l1, stereo_metrics)
 from entangle.node import BaseNode, NodeError, NotFittedError
 
@@ -135,14 +135,23 @@ class _StereoOutputs(BaseNode):
     def loss(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> np.ndarray:
         """Per image: smooth-L1 of the disparity (px) or of the depth (m) over the scored pixels."""
         self._check_objective()
-        pred = np.asarray(predictions["disparity"], dtype=np.float64)
-        gt = _target_disparity(targets, pred.shape, repr(self)).astype(np.float64)
-        fb = np.asarray(predictions["focal_baseline"], dtype=np.float64)
-        mask = evaluation_mask(gt, fb, self.max_depth)
-        if self.objective == "disparity":
-            return per_image_smooth_l1(pred, gt, mask)
-        depth_gt = depth_from_disparity(gt, fb).astype(np.float64)
-        return per_image_smooth_l1(np.asarray(predictions["depth"], dtype=np.float64), depth_gt, mask)
+        pred_all = np.asarray(predictions["disparity"])
+        gt_all = _target_disparity(targets, pred_all.shape, repr(self))
+        fb_all = np.asarray(predictions["focal_baseline"], dtype=np.float64)
+        out = np.zeros(len(pred_all), dtype=np.float64)
+        # per image, so a few images at a time: whole-split float64 copies cost gigabytes
+        for b0 in range(0, len(pred_all), CHUNK):
+            sl = slice(b0, b0 + CHUNK)
+            pred = np.asarray(pred_all[sl], dtype=np.float64)
+            gt, fb = np.asarray(gt_all[sl], dtype=np.float64), fb_all[sl]
+            mask = evaluation_mask(gt, fb, self.max_depth)
+            if self.objective == "disparity":
+                out[sl] = per_image_smooth_l1(pred, gt, mask)
+            else:
+                depth_gt = depth_from_disparity(gt, fb).astype(np.float64)
+                out[sl] = per_image_smooth_l1(np.asarray(predictions["depth"][sl], dtype=np.float64),
+                                              depth_gt, mask)
+        return out
 
     def score(self, predictions: Mapping[str, Any], targets: Mapping[str, Any]) -> dict[str, float]:
         """``depth_mae`` (primary), the own objective ``loss``, EPE, D1, abs-rel, RMSE, per bin."""

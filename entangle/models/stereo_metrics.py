@@ -24,6 +24,9 @@ DEPTH_BIN_EDGES = (0.0, 10.0, 20.0, 30.0, 40.0)
 NEAR_FAR_SPLIT = 20.0
 #: KITTI's D1 outlier: error above 3 px *and* above 5 % of the true disparity.
 D1_PIXELS, D1_RELATIVE = 3.0, 0.05
+#: images per chunk of the per-pixel arithmetic (float64 temporaries of 32 images of 192 × 624
+#: are about 30 MB each)
+CHUNK = 32
 
 
 def depth_from_disparity(disparity: np.ndarray, focal_baseline: np.ndarray,
@@ -31,21 +34,34 @@ def depth_from_disparity(disparity: np.ndarray, focal_baseline: np.ndarray,
     """Depth ``f·B / d`` (N, H, W) float32 for disparities (N, H, W); 0 where ``d < min_disparity``.
 
     ``focal_baseline`` is ``f·B`` per image, shape (N,). Disparities under ``min_disparity``
-    (0.01 px: depth beyond 10 km at KITTI's geometry) count as invalid, like 0.
+    (0.01 px: depth beyond 10 km at KITTI's geometry) count as invalid, like 0. Computed in
+    float64 a few images at a time, so a split's depth costs one float32 copy of memory.
     """
-    d = np.asarray(disparity, dtype=np.float64)
-    fb = np.asarray(focal_baseline, dtype=np.float64).reshape(-1, *([1] * (d.ndim - 1)))
-    valid = d >= min_disparity
-    depth = np.where(valid, fb / np.where(valid, d, 1.0), 0.0)
-    return depth.astype(np.float32)
+    disparity = np.asarray(disparity)
+    fb_all = np.asarray(focal_baseline, dtype=np.float64).reshape(-1, *([1] * (disparity.ndim - 1)))
+    out = np.empty(disparity.shape, dtype=np.float32)
+    for sl in _chunks(len(disparity)):
+        d = np.asarray(disparity[sl], dtype=np.float64)
+        valid = d >= min_disparity
+        out[sl] = np.where(valid, fb_all[sl] / np.where(valid, d, 1.0), 0.0)
+    return out
+
+
+def _chunks(n: int, size: int = CHUNK) -> list[slice]:
+    """Slices of ``size`` images covering ``n``: whole-split float64 temporaries cost gigabytes."""
+    return [slice(i, i + size) for i in range(0, n, size)] or [slice(0, 0)]
 
 
 def evaluation_mask(disparity_gt: np.ndarray, focal_baseline: np.ndarray,
                     max_depth: float) -> np.ndarray:
     """Pixels that are scored: valid ground truth (d > 0) with ``f·B / d <= max_depth``."""
-    gt = np.asarray(disparity_gt, dtype=np.float64)
-    fb = np.asarray(focal_baseline, dtype=np.float64).reshape(-1, *([1] * (gt.ndim - 1)))
-    return (gt > 0) & (fb <= max_depth * gt)
+    gt_all = np.asarray(disparity_gt)
+    fb_all = np.asarray(focal_baseline, dtype=np.float64).reshape(-1, *([1] * (gt_all.ndim - 1)))
+    out = np.empty(gt_all.shape, dtype=bool)
+    for sl in _chunks(len(gt_all)):
+        gt = np.asarray(gt_all[sl], dtype=np.float64)
+        out[sl] = (gt > 0) & (fb_all[sl] <= max_depth * gt)
+    return out
 
 
 def smooth_l1(x: np.ndarray) -> np.ndarray:
@@ -71,19 +87,22 @@ def bin_names(max_depth: float, edges: Sequence[float] = DEPTH_BIN_EDGES) -> lis
     return [(f"{lo:g}-{hi:g}", lo, hi) for lo, hi in zip(lows, highs)]
 
 
-def _errors(dp: np.ndarray, dg: np.ndarray, zp: np.ndarray, zg: np.ndarray) -> dict[str, float]:
-    if dg.size == 0:
-        return {"epe": math.nan, "d1": math.nan, "depth_mae": math.nan,
-                "depth_absrel": math.nan, "depth_rmse": math.nan}
+def _error_sums(dp: np.ndarray, dg: np.ndarray, zp: np.ndarray, zg: np.ndarray) -> np.ndarray:
+    """Pixel count and the sums every error is a mean of: |e_d|, D1 outliers, |e_z|, |e_z|/z, e_z²."""
     err_d = np.abs(dp - dg)
     err_z = zp - zg
-    return {
-        "epe": float(err_d.mean()),
-        "d1": float(np.mean((err_d > D1_PIXELS) & (err_d > D1_RELATIVE * dg))),
-        "depth_mae": float(np.abs(err_z).mean()),
-        "depth_absrel": float(np.mean(np.abs(err_z) / zg)),
-        "depth_rmse": float(np.sqrt(np.mean(err_z ** 2))),
-    }
+    return np.array([dg.size, err_d.sum(), np.count_nonzero((err_d > D1_PIXELS) & (err_d > D1_RELATIVE * dg)),
+                     np.abs(err_z).sum(), (np.abs(err_z) / zg).sum(), (err_z ** 2).sum()], dtype=np.float64)
+
+
+def _errors(sums: np.ndarray) -> dict[str, float]:
+    """EPE, D1, depth MAE, abs-rel and RMSE from :func:`_error_sums` (NaN for no pixel)."""
+    n = sums[0]
+    if n == 0:
+        return {"epe": math.nan, "d1": math.nan, "depth_mae": math.nan,
+                "depth_absrel": math.nan, "depth_rmse": math.nan}
+    return {"epe": float(sums[1] / n), "d1": float(sums[2] / n), "depth_mae": float(sums[3] / n),
+            "depth_absrel": float(sums[4] / n), "depth_rmse": float(math.sqrt(sums[5] / n))}
 
 
 def stereo_metrics(disparity_pred: np.ndarray, disparity_gt: np.ndarray, focal_baseline: np.ndarray,
@@ -95,31 +114,41 @@ def stereo_metrics(disparity_pred: np.ndarray, disparity_gt: np.ndarray, focal_b
     ``depth_absrel``, ``density`` (share of evaluated pixels with a valid prediction; errors are
     computed on those), ``pixels`` (evaluated pixel count), and the same five errors with suffix
     ``@LOW-HIGH`` per bin and ``@near``/``@far`` (ground truth closer/farther than ``split``),
-    plus ``share@...``, the bin's share of evaluated pixels. Empty bins give NaN.
+    plus ``share@...``, the bin's share of evaluated pixels. Empty bins give NaN. Every error is
+    a mean over pixels, so the split is summed a few images at a time (memory: one chunk).
     """
-    dp = np.asarray(disparity_pred, dtype=np.float64)
-    dg = np.asarray(disparity_gt, dtype=np.float64)
-    if dp.shape != dg.shape:
-        raise ValueError(f"predicted disparity {dp.shape} and ground truth {dg.shape} differ in shape")
-    fb = np.broadcast_to(np.asarray(focal_baseline, dtype=np.float64).reshape(-1, *([1] * (dg.ndim - 1))),
-                         dg.shape)
-    scored = evaluation_mask(dg, focal_baseline, max_depth)
-    valid_pred = dp > 0
-    m = scored & valid_pred
-    dp_m, dg_m, fb_m = dp[m], dg[m], fb[m]
-    zp_m, zg_m = fb_m / dp_m, fb_m / dg_m
-    n_scored = int(scored.sum())
+    dp_all, dg_all = np.asarray(disparity_pred), np.asarray(disparity_gt)
+    if dp_all.shape != dg_all.shape:
+        raise ValueError(f"predicted disparity {dp_all.shape} and ground truth {dg_all.shape} differ in shape")
+    fb_all = np.asarray(focal_baseline, dtype=np.float64).reshape(-1, *([1] * (dg_all.ndim - 1)))
+    bins = bin_names(max_depth, edges)
+    names = [None] + [name for name, _, _ in bins] + ["near", "far"]
+    sums = {name: np.zeros(6) for name in names}        # n, |e_d|, d1, |e_z|, |e_z|/z, e_z²
+    n_scored = 0
+    for sl in _chunks(len(dg_all)):
+        dp = np.asarray(dp_all[sl], dtype=np.float64)
+        dg = np.asarray(dg_all[sl], dtype=np.float64)
+        fb = np.broadcast_to(fb_all[sl], dg.shape)
+        scored = evaluation_mask(dg, fb_all[sl].reshape(-1), max_depth)
+        n_scored += int(scored.sum())
+        m = scored & (dp > 0)
+        dp_m, dg_m, fb_m = dp[m], dg[m], fb[m]
+        zp_m, zg_m = fb_m / dp_m, fb_m / dg_m
+        # bins are [low, high) except the last, which includes max_depth like the evaluation mask
+        groups = [(None, slice(None))]
+        groups += [(name, (zg_m >= lo) & ((zg_m < hi) | ((hi == max_depth) & (zg_m <= hi))))
+                   for name, lo, hi in bins]
+        groups += [("near", zg_m < split), ("far", zg_m >= split)]
+        for name, sel in groups:
+            sums[name] += _error_sums(dp_m[sel], dg_m[sel], zp_m[sel], zg_m[sel])
+    n_valid = sums[None][0]
     out: dict[str, float] = {
-        **_errors(dp_m, dg_m, zp_m, zg_m),
-        "density": float(m.sum() / n_scored) if n_scored else math.nan,
+        **_errors(sums[None]),
+        "density": float(n_valid / n_scored) if n_scored else math.nan,
         "pixels": float(n_scored),
     }
-    # bins are [low, high) except the last, which includes max_depth like the evaluation mask
-    groups = [(name, (zg_m >= lo) & ((zg_m < hi) | ((hi == max_depth) & (zg_m <= hi))))
-              for name, lo, hi in bin_names(max_depth, edges)]
-    groups += [("near", zg_m < split), ("far", zg_m >= split)]
-    for name, sel in groups:
-        for key, value in _errors(dp_m[sel], dg_m[sel], zp_m[sel], zg_m[sel]).items():
+    for name in names[1:]:
+        for key, value in _errors(sums[name]).items():
             out[f"{key}@{name}"] = value
-        out[f"share@{name}"] = float(sel.sum() / len(zg_m)) if len(zg_m) else math.nan
+        out[f"share@{name}"] = float(sums[name][0] / n_valid) if n_valid else math.nan
     return out
