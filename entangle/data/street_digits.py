@@ -24,7 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -283,7 +283,7 @@ def _glyph(font: int, italic: bool, weight_step: int, digit: int) -> tuple[np.nd
 
 @lru_cache(maxsize=None)
 def _ink(font: int, italic: bool, weight_step: int, digit: int) -> np.ndarray:
-    """A glyph's ink as weighted points (k, 3): x, y in its bitmap, and the ink there.
+    """A glyph's ink as weighted points (3, k): x, y in its bitmap, and the ink there.
 
     Taken at half the glyph's resolution (about 280 points, the centres of 2x2 cells): the
     share of a neighbour's ink the crop shows comes out within 0.01 of a warp's on average
@@ -293,7 +293,7 @@ def _ink(font: int, italic: bool, weight_step: int, digit: int) -> np.ndarray:
     cells = cv2.resize(bitmap, ((bitmap.shape[1] + 1) // 2, (bitmap.shape[0] + 1) // 2),
                        interpolation=cv2.INTER_AREA)
     ys, xs = np.nonzero(cells)
-    return np.stack([2 * xs + 0.5, 2 * ys + 0.5, cells[ys, xs].astype(np.float64)], axis=1)
+    return np.stack([2 * xs + 0.5, 2 * ys + 0.5, cells[ys, xs].astype(np.float64)])
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,6 +371,110 @@ def _realised_contrast(fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
     return np.abs(d[:, 0] * w[0] + d[:, 1] * w[1] + d[:, 2] * w[2]).astype(np.float32)
 
 
+# numpy's SeedSequence (pool of 4 words) and PCG64 seeding, for _stream_states: see there
+_SS_INIT_A, _SS_MULT_A, _SS_INIT_B, _SS_MULT_B = 0x43B0D7E5, 0x931E8875, 0x8B51F9DD, 0x58F38DED
+_SS_MIX_L, _SS_MIX_R, _SS_SHIFT, _SS_POOL = 0xCA01F9DD, 0x4973F715, 16, 4
+_PCG_MULT = (2549297995355413924 << 64) | 4865540595714422341  # PCG64's 128-bit multiplier
+_MASK32, _MASK128 = (1 << 32) - 1, (1 << 128) - 1
+
+
+def _words(x: int) -> list[int]:
+    """The 32-bit words of a non-negative int, least significant first ([0] for 0)."""
+    out = [x & _MASK32]
+    while x := x >> 32:
+        out.append(x & _MASK32)
+    return out
+
+
+def _stream_states(seed: int, indices: np.ndarray, tag: int) -> list[tuple[int, int]]:
+    """PCG64 (state, inc) of ``default_rng([seed, i, tag])`` for every ``i``, vectorised.
+
+    Building a generator per image costs ~40 us, most of it in SeedSequence's hashing; this
+    runs the same hash on arrays of images at once (uint32 arithmetic wraps as the hash's
+    does). :func:`_streams` checks it against numpy once per process before using it.
+    """
+    idx = np.asarray(indices, dtype=np.uint64)
+    if idx.size and int(idx.max()) > _MASK32:  # indices of two words: rare, one at a time
+        return [_stream_states_words(_words(seed) + _words(i) + _words(tag), 1)[0]
+                for i in idx.tolist()]
+    return _stream_states_words(_words(seed) + [idx.astype(np.uint32)] + _words(tag), len(idx))
+
+
+def _stream_states_words(entropy: Sequence[Any], n: int) -> list[tuple[int, int]]:
+    """PCG64 (state, inc) seeded from SeedSequence(entropy), for ``n`` streams at once.
+
+    ``entropy`` holds 32-bit words, each an int (shared) or an (n,) array (one per stream).
+    """
+    entropy = [np.broadcast_to(np.asarray(w, np.uint32), (n,)) for w in entropy]
+    const = _SS_INIT_A
+
+    def hashmix(v: np.ndarray) -> np.ndarray:
+        nonlocal const
+        v = v ^ np.uint32(const)
+        const = (const * _SS_MULT_A) & _MASK32
+        v = v * np.uint32(const)
+        return v ^ (v >> np.uint32(_SS_SHIFT))
+
+    def mix(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        r = np.uint32(_SS_MIX_L) * x - np.uint32(_SS_MIX_R) * y
+        return r ^ (r >> np.uint32(_SS_SHIFT))
+
+    zero = np.zeros(n, np.uint32)
+    pool = [hashmix(entropy[i] if i < len(entropy) else zero) for i in range(_SS_POOL)]
+    for src in range(_SS_POOL):
+        for dst in range(_SS_POOL):
+            if src != dst:
+                pool[dst] = mix(pool[dst], hashmix(pool[src]))
+    for src in range(_SS_POOL, len(entropy)):
+        for dst in range(_SS_POOL):
+            pool[dst] = mix(pool[dst], hashmix(entropy[src]))
+    const, state = _SS_INIT_B, []
+    for k in range(8):
+        v = pool[k % _SS_POOL] ^ np.uint32(const)
+        const = (const * _SS_MULT_B) & _MASK32
+        v = v * np.uint32(const)
+        state.append((v ^ (v >> np.uint32(_SS_SHIFT))).tolist())
+    out = []
+    for w in zip(*state):  # four uint64 from eight words: seed high, seed low, inc high, low
+        initstate = (w[0] | w[1] << 32) << 64 | w[2] | w[3] << 32
+        inc = (((w[4] | w[5] << 32) << 64 | w[6] | w[7] << 32) << 1 | 1) & _MASK128
+        out.append((((inc + initstate) * _PCG_MULT + inc) & _MASK128, inc))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _fast_streams_agree() -> bool:
+    """Whether :func:`_stream_states` gives numpy's own generators in this process."""
+    for seed, i, tag in ((0, 0, 0), (7, 123456, 1), (2 ** 64 - 1, 2 ** 32 - 1, 0), (5, 2 ** 40, 0)):
+        ref = np.random.default_rng([seed, i, tag]).bit_generator.state
+        (state, inc), = _stream_states(seed, np.array([i], np.uint64), tag)
+        if ref["state"] != {"state": state, "inc": inc} or ref["has_uint32"] or ref["uinteger"]:
+            log.warning("street digits: fast stream seeding disagrees with numpy; using numpy's")
+            return False
+    return True
+
+
+def _streams(seed: int, indices: Sequence[int] | np.ndarray,
+             tag: int) -> Iterator[np.random.Generator]:
+    """Yield, for each ``i``, a generator in the state of ``np.random.default_rng([seed, i, tag])``.
+
+    One generator is reused (re-seeded before each yield): use it before the next ``next``.
+    """
+    indices = np.asarray(indices, dtype=np.uint64)
+    if not _fast_streams_agree():
+        for i in indices.tolist():
+            yield np.random.default_rng([seed, i, tag])
+        return
+    gen = np.random.Generator(np.random.PCG64(0))
+    bits = gen.bit_generator
+    inner = {"state": 0, "inc": 0}
+    value = {"bit_generator": "PCG64", "state": inner, "has_uint32": 0, "uinteger": 0}
+    for state, inc in _stream_states(seed, indices, tag):
+        inner["state"], inner["inc"] = state, inc
+        bits.state = value
+        yield gen
+
+
 def _digit_column(seed: int, start: int, n: int, cfg: StreetDigitsConfig,
                   u_class: np.ndarray) -> np.ndarray:
     """The class of each image: balanced by blocks unless ``class_weights`` are given.
@@ -383,12 +487,12 @@ def _digit_column(seed: int, start: int, n: int, cfg: StreetDigitsConfig,
     if cfg.class_weights is not None:
         return digits[_pick(u_class, cfg.class_weights)]
     k = len(digits)
-    idx = np.arange(start, start + n)
     out = np.empty(n, dtype=np.int64)
-    for block in range(start // k, (start + n - 1) // k + 1) if n else ():
-        order = np.random.default_rng([seed, block, _DIGIT_STREAM]).permutation(k)
-        sel = (idx // k) == block
-        out[sel] = digits[order[idx[sel] % k]]
+    blocks = range(start // k, (start + n - 1) // k + 1) if n else range(0)
+    for block, rng in zip(blocks, _streams(seed, blocks, _DIGIT_STREAM)):
+        order = rng.permutation(k)
+        lo, hi = max(block * k, start), min(block * k + k, start + n)  # this block's images
+        out[lo - start:hi - start] = digits[order[np.arange(lo, hi) % k]]
     return out
 
 
@@ -437,8 +541,7 @@ def _latents_from_uniforms(u: np.ndarray, seed: int, start: int,
     out = {name: np.asarray(lat[name]).astype(np.int64 if name in _INT_LATENTS else np.float32)
            for name in ATTRIBUTE_NAMES if name in lat}
     # how much of each neighbour the crop shows: a neighbour may lie wholly outside it
-    L = {k: v.tolist() for k, v in out.items()}
-    out["left_visible"], out["right_visible"] = _visible(L, len(u), cfg.size, cfg.supersample)
+    out["left_visible"], out["right_visible"] = _visible(out, cfg.size, cfg.supersample)
     return {name: out[name] for name in ATTRIBUTE_NAMES}
 
 
@@ -448,6 +551,8 @@ def _draw(n: int, seed: int, start: int, cfg: StreetDigitsConfig,
 
     Image ``i`` draws, in this order, from ``default_rng([seed, i, 0])``: its uniforms (latents
     and background geometry), its coarse texture field, its brick shades and its sensor noise.
+    The noise comes last and a photo of side k reads only its first k rows, so rows past the
+    side are not drawn (they stay zero): the rows drawn are the same numbers either way.
     """
     if seed < 0 or start < 0 or n < 0:
         raise ValueError(f"seed, start and n must be non-negative, got {seed}, {start}, {n}")
@@ -455,14 +560,16 @@ def _draw(n: int, seed: int, start: int, cfg: StreetDigitsConfig,
     u = np.empty((n, _N_U))
     extra = {"field": np.empty((n, _FIELD, _FIELD), np.float32),
              "tones": np.empty((n, _TONES, _TONES), np.float32),
-             "noise": np.empty((n, S, S), np.float32)} if fields_too else {}
-    for j in range(n):
-        rng = np.random.default_rng([seed, start + j, _IMAGE_STREAM])
-        u[j] = rng.random(_N_U)
+             "noise": np.zeros((n, S, S), np.float32)} if fields_too else {}
+    lo, hi = cfg.resolution
+    for j, rng in enumerate(_streams(seed, np.arange(start, start + n), _IMAGE_STREAM)):
+        rng.random(out=u[j])
         if fields_too:
             rng.standard_normal(out=extra["field"][j], dtype=np.float32)
             rng.random(out=extra["tones"][j], dtype=np.float32)
-            rng.standard_normal(out=extra["noise"][j], dtype=np.float32)
+            # >= the photo's side, round(resolution·S) in [4, S] (see _latents_from_uniforms)
+            rows = min(S, max(4, int((lo + (hi - lo) * u[j, _U_RES]) * S) + 2))
+            rng.standard_normal(out=extra["noise"][j, :rows], dtype=np.float32)
     extra["geom"] = u[:, [_U_DIR, _U_SIGN, _U_PERIOD, _U_PHASE_X, _U_PHASE_Y, _U_MARGIN]]
     return _latents_from_uniforms(u, seed, start, cfg), extra
 
@@ -482,15 +589,15 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy / size, xx / size  # (size, size) each, in units of the image size
 
 
-def _place(canvas: np.ndarray, glyph: tuple[np.ndarray, int, int], pen_x: float,
-           pen_y: float) -> None:
-    """Copy a glyph onto the canvas with its pen at (pen_x, pen_y), clipped at the borders.
+def _place(canvas: np.ndarray, bitmap: np.ndarray, x0: int, y0: int) -> None:
+    """Copy a glyph's bitmap onto the canvas with its top-left at (x0, y0), clipped at the borders.
 
     A plain copy, not a maximum: the glyphs' ink boxes never overlap (gaps are >= 0).
     """
-    bitmap, ox, oy = glyph
-    x0, y0 = int(round(pen_x)) + ox, int(round(pen_y)) + oy
     h, w = bitmap.shape
+    if x0 >= 0 and y0 >= 0 and x0 + w <= canvas.shape[1] and y0 + h <= canvas.shape[0]:
+        canvas[y0:y0 + h, x0:x0 + w] = bitmap  # wholly on the canvas: most glyphs
+        return
     cx0, cy0 = max(x0, 0), max(y0, 0)
     cx1, cy1 = min(x0 + w, canvas.shape[1]), min(y0 + h, canvas.shape[0])
     if cx1 > cx0 and cy1 > cy0:
@@ -499,50 +606,80 @@ def _place(canvas: np.ndarray, glyph: tuple[np.ndarray, int, int], pen_x: float,
 
 # the text canvas, (rows, cols) at the glyph resolution: room for the neighbours' inner halves
 _CANVAS = (2 * _GLYPH_HEIGHT, 5 * _GLYPH_HEIGHT)
+# the latents that place an image's glyphs (see _layouts)
+_LAYOUT_LATENTS = ("digit", "font", "italic", "stroke", "scale", "aspect", "rotation", "shear",
+                   "shift_x", "shift_y", "distractor_left", "distractor_right", "left_digit",
+                   "right_digit", "gap")
 
 
-def _layout(lat: Mapping[str, list], j: int) -> list[tuple[str, tuple, int, float, float]]:
-    """The glyphs of image ``j`` on the canvas: (role, glyph, its digit, pen x, pen y).
+@lru_cache(maxsize=None)
+def _glyph_key(code: int) -> tuple[int, bool, int, int]:
+    """The (font, italic, weight step, digit) of a glyph code of :func:`_layouts`."""
+    rest, digit = divmod(code, 10)
+    rest, step = divmod(rest, _WEIGHT_STEPS + 1)
+    font, italic = divmod(rest, 2)
+    return font, bool(italic), step, digit
+
+
+def _glyph_box(code: int) -> tuple[int, int, int, int]:
+    """Height, width and pen offsets (x, y) of a glyph's bitmap; zeros for no glyph (-1)."""
+    if code < 0:
+        return 0, 0, 0, 0
+    bitmap, ox, oy = _glyph(*_glyph_key(code))
+    return bitmap.shape[0], bitmap.shape[1], ox, oy
+
+
+def _layouts(lat: Mapping[str, Any], size: int, ss: int) -> dict[str, np.ndarray]:
+    """Every image's glyphs on the text canvas, and the canvas's map to its crop, vectorised.
 
     The centre digit's ink box is centred on the canvas; neighbours sit on its baseline, their
-    ink boxes ``gap`` digit heights away (boxes never overlap, so glyphs are copied, not blended).
+    ink boxes ``gap`` digit heights away (boxes never overlap, so glyphs are copied, not
+    blended). The map to the supersampled crop (size·ss square) has the linear part
+    scale · R(rotation) · [[1, -shear], [0, 1]] · diag(aspect, 1), and takes the canvas centre
+    to the (shifted) crop centre.
+
+    Returns ``code`` (n, 3) int: the glyph of the centre, left and right digit (-1: none; see
+    :func:`_glyph_key`), ``x0``, ``y0``, ``w``, ``h`` (n, 3) int: its bitmap's box on the
+    canvas, and ``m`` (n, 2, 3) the map. Each value is computed elementwise in float64 in a
+    fixed order (angles with ``math``, see _colours), so an image's layout is its own.
     """
-    font, italic = lat["font"][j], bool(lat["italic"][j])
-    step = int(round(lat["stroke"][j] * _WEIGHT_STEPS))
-    digit = lat["digit"][j]
-    centre = _glyph(font, italic, step, digit)
-    ch, cw = centre[0].shape
-    pen_x = _CANVAS[1] / 2 - cw / 2 - centre[1]
-    pen_y = _CANVAS[0] / 2 - ch / 2 - centre[2]
-    out = [("centre", centre, digit, pen_x, pen_y)]
-    gap = lat["gap"][j] * _GLYPH_HEIGHT
-    if lat["distractor_left"][j]:
-        d = lat["left_digit"][j]
-        g = _glyph(font, italic, step, d)
-        out.append(("left", g, d, pen_x + centre[1] - gap - g[0].shape[1] - g[1], pen_y))
-    if lat["distractor_right"][j]:
-        d = lat["right_digit"][j]
-        g = _glyph(font, italic, step, d)
-        out.append(("right", g, d, pen_x + centre[1] + cw + gap - g[1], pen_y))
-    return out
+    font = np.asarray(lat["font"], np.int64)
+    italic = np.asarray(lat["italic"], np.int64)
+    step = np.rint(np.asarray(lat["stroke"], np.float64) * _WEIGHT_STEPS).astype(np.int64)
+    digit = np.stack([np.asarray(lat["digit"], np.int64),
+                      np.where(np.asarray(lat["distractor_left"]) != 0,
+                               np.asarray(lat["left_digit"], np.int64), -1),
+                      np.where(np.asarray(lat["distractor_right"]) != 0,
+                               np.asarray(lat["right_digit"], np.int64), -1)], axis=1)  # (n, 3)
+    code = ((font * 2 + italic) * (_WEIGHT_STEPS + 1) + step)[:, None] * 10 + digit
+    code = np.where(digit < 0, -1, code)
+    uniq, inv = np.unique(code, return_inverse=True)
+    boxes = [_glyph_box(c) for c in uniq.tolist()]
+    boxes = np.array(boxes, np.int64).reshape(-1, 4)  # (unique codes, 4)
+    h, w, ox, oy = np.moveaxis(boxes[inv.reshape(code.shape)], -1, 0)  # (n, 3) each
+    ch, cw = h[:, 0], w[:, 0]  # the centre digit's ink box
+    pen_x = _CANVAS[1] / 2 - cw / 2 - ox[:, 0]
+    pen_y = _CANVAS[0] / 2 - ch / 2 - oy[:, 0]
+    gap = np.asarray(lat["gap"], np.float64) * _GLYPH_HEIGHT
+    inner = pen_x + ox[:, 0]  # the left edge of the centre's ink
+    pens = np.stack([pen_x, inner - gap - w[:, 1] - ox[:, 1], inner + cw + gap - ox[:, 2]], 1)
+    x0 = np.rint(pens).astype(np.int64) + ox
+    y0 = np.rint(pen_y).astype(np.int64)[:, None] + oy
 
-
-def _affine(lat: Mapping[str, list], j: int, ink_height: int, size: int, ss: int) -> np.ndarray:
-    """The 2x3 map from the canvas to the supersampled crop (size·ss square) of image ``j``.
-
-    Its linear part is scale · R(rotation) · [[1, -shear], [0, 1]] · diag(aspect, 1), written
-    out; its translation takes the canvas centre to the (shifted) crop centre.
-    """
-    s = lat["scale"][j] * size * ss / ink_height
-    th = math.radians(lat["rotation"][j])
-    cos, sin, sh, asp = s * math.cos(th), s * math.sin(th), -lat["shear"][j], lat["aspect"][j]
+    s = np.asarray(lat["scale"], np.float64) * size * ss / ch
+    theta = [math.radians(r) for r in np.asarray(lat["rotation"], np.float64).tolist()]
+    cos = s * np.array([math.cos(t) for t in theta], np.float64)
+    sin = s * np.array([math.sin(t) for t in theta], np.float64)
+    sh, asp = -np.asarray(lat["shear"], np.float64), np.asarray(lat["aspect"], np.float64)
     a, b, c, d = cos * asp, cos * sh + sin, -sin * asp, -sin * sh + cos
     cx, cy = _CANVAS[1] / 2, _CANVAS[0] / 2
-    ox, oy = (size / 2 + lat["shift_x"][j]) * ss, (size / 2 + lat["shift_y"][j]) * ss
-    return np.array([[a, b, ox - a * cx - b * cy], [c, d, oy - c * cx - d * cy]])
+    tx = (size / 2 + np.asarray(lat["shift_x"], np.float64)) * ss
+    ty = (size / 2 + np.asarray(lat["shift_y"], np.float64)) * ss
+    m = np.stack([a, b, tx - a * cx - b * cy, c, d, ty - c * cx - d * cy], 1).reshape(-1, 2, 3)
+    return {"code": code, "x0": x0, "y0": y0, "w": w, "h": h, "m": m}
 
 
-def _visible(lat: Mapping[str, list], n: int, size: int, ss: int) -> tuple[np.ndarray, np.ndarray]:
+def _visible(lat: Mapping[str, Any], size: int, ss: int) -> tuple[np.ndarray, np.ndarray]:
     """The share of each neighbour's ink that falls inside the crop: (left, right), each (n,).
 
     0 where there is no neighbour. A neighbour whose mapped box lies wholly inside or outside
@@ -550,75 +687,85 @@ def _visible(lat: Mapping[str, list], n: int, size: int, ss: int) -> tuple[np.nd
     each image's sums run over its own points in a fixed order, so an image's shares do not
     depend on the batch it is in.
     """
-    share = np.zeros(2 * n)
+    lay = _layouts(lat, size, ss)
     lo, hi = -0.5, size * ss - 0.5  # pixel centres sit at integer coordinates in OpenCV's warp
-    points, mats, slots = [], [], []
-    for j in range(n):
-        glyphs = _layout(lat, j)
-        if len(glyphs) == 1:
-            continue
-        m = _affine(lat, j, glyphs[0][1][0].shape[0], size, ss)
-        (a, b, c), (d, e, f) = m.tolist()
-        font, italic = lat["font"][j], bool(lat["italic"][j])
-        step = int(round(lat["stroke"][j] * _WEIGHT_STEPS))
-        for role, (bitmap, ox, oy), digit, pen_x, pen_y in glyphs[1:]:
-            x0, y0 = int(round(pen_x)) + ox, int(round(pen_y)) + oy
-            x1, y1 = x0 + bitmap.shape[1], y0 + bitmap.shape[0]
-            us = [a * x + b * y + c for x in (x0, x1) for y in (y0, y1)]
-            vs = [d * x + e * y + f for x in (x0, x1) for y in (y0, y1)]
-            slot = 2 * j + (role == "right")
-            if max(us) < lo or min(us) >= hi or max(vs) < lo or min(vs) >= hi:
-                continue  # wholly outside
-            if min(us) >= lo and max(us) < hi and min(vs) >= lo and max(vs) < hi:
-                share[slot] = 1.0
-                continue
-            points.append(_ink(font, italic, step, digit))
-            # the map of the glyph's own coordinates: the canvas map after its offset
-            mats.append((a, b, a * x0 + b * y0 + c, d, e, d * x0 + e * y0 + f))
-            slots.append(slot)
-    if not points:
-        return share[0::2].astype(np.float32), share[1::2].astype(np.float32)
-    lengths = [len(p) for p in points]
-    p = np.concatenate(points)  # (k, 3): x, y in the glyph's bitmap, and the ink there
-    m = np.array(mats)  # (neighbours, 6): one affine per neighbour, then one per point
-    a, b, c, d, e, f = (np.repeat(m[:, i], lengths) for i in range(6))
-    owner = np.repeat(np.array(slots), lengths)
-    u = a * p[:, 0] + b * p[:, 1] + c
-    v = d * p[:, 0] + e * p[:, 1] + f
-    inside = (u >= lo) & (u < hi) & (v >= lo) & (v < hi)
-    shown = np.bincount(owner, weights=p[:, 2] * inside, minlength=2 * n)
-    total = np.bincount(owner, weights=p[:, 2], minlength=2 * n)
-    mapped = total > 0
-    share[mapped] = shown[mapped] / total[mapped]
+    a, b, c, d, e, f = (lay["m"][:, k // 3, k % 3, None] for k in range(6))  # (n, 1) each
+    x0, y0 = lay["x0"][:, 1:], lay["y0"][:, 1:]  # (n, 2): the left and right neighbour
+    x1, y1 = x0 + lay["w"][:, 1:], y0 + lay["h"][:, 1:]
+    us = [a * x + b * y + c for x in (x0, x1) for y in (y0, y1)]  # the box's corners
+    vs = [d * x + e * y + f for x in (x0, x1) for y in (y0, y1)]
+    umin, umax = np.minimum.reduce(us), np.maximum.reduce(us)
+    vmin, vmax = np.minimum.reduce(vs), np.maximum.reduce(vs)
+    present = lay["code"][:, 1:] >= 0
+    outside = (umax < lo) | (umin >= hi) | (vmax < lo) | (vmin >= hi)
+    inside = (umin >= lo) & (umax < hi) & (vmin >= lo) & (vmax < hi)
+    share = np.where(present & inside, 1.0, 0.0).ravel()  # (2n,): left, right of each image
+    rows, sides = np.nonzero(present & ~inside & ~outside)
+    if len(rows):
+        points = [_ink(*_glyph_key(k)) for k in lay["code"][rows, sides + 1].tolist()]
+        # x, y in each glyph's bitmap, and the ink there: (3, points of all neighbours)
+        px, py, pw = np.concatenate(points, axis=1)
+        which = np.repeat(np.arange(len(rows)), [p.shape[1] for p in points])  # its neighbour
+        gx, gy = x0[rows, sides], y0[rows, sides]
+        # the map of each glyph's own coordinates: the canvas map after its offset
+        a, b, c, d, e, f = (v[rows, 0] for v in (a, b, c, d, e, f))
+        pa, pb, pc, pd, pe, pf = np.stack([a, b, a * gx + b * gy + c,
+                                           d, e, d * gx + e * gy + f])[:, which]  # per point
+        u = pa * px + pb * py + pc
+        v = pd * px + pe * py + pf
+        inside_pt = (u >= lo) & (u < hi) & (v >= lo) & (v < hi)
+        # per neighbour, sums over its own points in their order: the same in any batch
+        shown = np.bincount(which, weights=pw * inside_pt, minlength=len(rows))
+        total = np.bincount(which, weights=pw, minlength=len(rows))
+        mapped = total > 0
+        share[(2 * rows + sides)[mapped]] = shown[mapped] / total[mapped]
     return share[0::2].astype(np.float32), share[1::2].astype(np.float32)
 
 
-def _layers(lat: Mapping[str, list], j: int, margin_u: float,
-            cfg: StreetDigitsConfig) -> tuple[np.ndarray, np.ndarray | None]:
-    """Digit coverage (size, size) uint8 of image ``j``, and its plate's coverage if any.
+def _warp(layer: np.ndarray, m: np.ndarray, size: int, ss: int) -> np.ndarray:
+    """A canvas layer (uint8) warped by ``m`` to the supersampled crop, area-averaged to size."""
+    warped = cv2.warpAffine(layer, m, (size * ss, size * ss), flags=cv2.INTER_LINEAR,
+                            borderValue=0)
+    return cv2.resize(warped, (size, size), interpolation=cv2.INTER_AREA) if ss > 1 else warped
 
-    The glyphs are laid out on a canvas at the glyph resolution (:func:`_layout`), warped by
-    one affine (:func:`_affine`) to the supersampled crop, then area-averaged to the output.
+
+def _coverage(code: Sequence[int], x0: Sequence[int], y0: Sequence[int], m: np.ndarray,
+              plate_margin: float | None,
+              cfg: StreetDigitsConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Digit coverage (size, size) uint8 of one image laid out by :func:`_layouts`.
+
+    ``code``, ``x0``, ``y0`` are the image's rows of the layout (centre, left, right glyph) and
+    ``m`` its map. With ``plate_margin`` (a uniform) also the coverage of the plate the digits are fixed to:
+    a band around their row, warped with them as a second channel of the canvas (OpenCV's
+    two-channel warp rounds differently from its one-channel one: the channels stay together).
     """
     S, ss = cfg.size, cfg.supersample
-    glyphs = _layout(lat, j)
-    canvas = np.zeros(_CANVAS, np.uint8)
-    for _, glyph, _, pen_x, pen_y in reversed(glyphs):  # the centre last: rounding can't cut it
-        _place(canvas, glyph, pen_x, pen_y)
-    ch = glyphs[0][1][0].shape[0]  # the centre digit's ink height
+    canvas = np.zeros(_CANVAS if plate_margin is None else (*_CANVAS, 2), np.uint8)
+    ink = canvas if plate_margin is None else canvas[..., 0]
+    for r in (2, 1, 0):  # the centre last: rounding can't cut it
+        if code[r] >= 0:
+            _place(ink, _glyph(*_glyph_key(code[r]))[0], x0[r], y0[r])
+    if plate_margin is not None:
+        ch = _glyph_box(code[0])[0]  # the centre digit's ink height
+        margin = int(round((0.1 + 0.35 * plate_margin) * ch))
+        top = int(round(_CANVAS[0] / 2 - ch / 2)) - margin
+        canvas[max(top, 0):top + ch + 2 * margin, :, 1] = 255
+    warped = _warp(canvas, m, S, ss)
+    return (warped, None) if plate_margin is None else (warped[..., 0], warped[..., 1])
+
+
+def _layers(lat: Mapping[str, Sequence], j: int, margin_u: float,
+            cfg: StreetDigitsConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """Digit coverage (size, size) uint8 of image ``j`` of a latent table, and its plate's if any.
+
+    The glyphs are laid out on a canvas at the glyph resolution (:func:`_layouts`), warped by
+    one affine to the supersampled crop, then area-averaged to the output.
+    """
+    one = {k: lat[k][j:j + 1] for k in _LAYOUT_LATENTS}
     plate = lat["background"][j] == BACKGROUNDS.index("plate")
-    if plate:
-        # the plate the digits are fixed to: a band around their row, warped with them
-        band = np.zeros_like(canvas)
-        margin = int(round((0.1 + 0.35 * margin_u) * ch))
-        top = int(round(canvas.shape[0] / 2 - ch / 2)) - margin
-        band[max(top, 0):top + ch + 2 * margin, :] = 255
-        canvas = np.dstack([canvas, band])
-    m = _affine(lat, j, ch, S, ss)
-    warped = cv2.warpAffine(canvas, m, (S * ss, S * ss), flags=cv2.INTER_LINEAR, borderValue=0)
-    if ss > 1:
-        warped = cv2.resize(warped, (S, S), interpolation=cv2.INTER_AREA)
-    return (warped[..., 0], warped[..., 1]) if plate else (warped, None)
+    lay = _layouts(one, cfg.size, cfg.supersample)
+    return _coverage(lay["code"][0].tolist(), lay["x0"][0].tolist(), lay["y0"][0].tolist(),
+                     lay["m"][0], margin_u if plate else None, cfg)
 
 
 def _upsample(stack: np.ndarray, size: int, interpolation: int) -> np.ndarray:
@@ -632,14 +779,24 @@ def _upsample(stack: np.ndarray, size: int, interpolation: int) -> np.ndarray:
 
 def _render_batch(lat: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray],
                   cfg: StreetDigitsConfig) -> np.ndarray:
-    """Pixels (n, size, size, 3) uint8 RGB of a batch of drawn images."""
+    """Pixels (n, size, size, 3) uint8 RGB of a batch of drawn images.
+
+    Ground and digits are composed in colour planes (3, n, S, S), so that numpy's loops run
+    over whole images rather than three channels at a time; the camera then works per image in
+    OpenCV's (S, S, 3) layout. Every step is elementwise or per image: an image is its own.
+    """
     n, S = len(lat["digit"]), cfg.size
     L = {k: v.tolist() for k, v in lat.items()}  # python scalars: cheap to index per image
     geom = extra["geom"].astype(np.float32)
+    lay = _layouts(lat, S, cfg.supersample)
+    margins = [float(v) for v in geom[:, 5]]
+    codes, xs, ys = lay["code"].tolist(), lay["x0"].tolist(), lay["y0"].tolist()
+    plate_kind = BACKGROUNDS.index("plate")
     mask = np.empty((n, S, S), np.uint8)
     plate = np.full((n, S, S), 255, np.uint8)
     for j in range(n):
-        mask[j], p = _layers(L, j, float(geom[j, 5]), cfg)
+        margin = margins[j] if L["background"][j] == plate_kind else None
+        mask[j], p = _coverage(codes[j], xs[j], ys[j], lay["m"][j], margin, cfg)
         if p is not None:
             plate[j] = p
     mask = mask.astype(np.float32) * np.float32(1 / 255)
@@ -669,16 +826,19 @@ def _render_batch(lat: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray]
         offset[sel] = np.where(mortar, 2.0 * sign[sel] * amp[sel],
                                amp[sel] * (tone.reshape(row.shape) - 0.5))
     # composed in BGR, the channel order of OpenCV's JPEG codec (its luma needs the order)
-    bgc = np.stack([lat["bg_b"], lat["bg_g"], lat["bg_r"]], axis=1)[:, None, None, :]  # (n,1,1,3)
-    fg = np.stack([lat["fg_b"], lat["fg_g"], lat["fg_r"]], axis=1)[:, None, None, :]
-    img = bgc + offset[..., None]  # (n, S, S, 3): the ground
-    sel = kind == BACKGROUNDS.index("plate")
+    bgc = np.stack([lat["bg_b"], lat["bg_g"], lat["bg_r"]])[:, :, None, None]  # (3, n, 1, 1)
+    fg = np.stack([lat["fg_b"], lat["fg_g"], lat["fg_r"]])[:, :, None, None]
+    img = bgc + offset  # (3, n, S, S): the ground
+    sel = kind == plate_kind
     if sel.any():
         # around the plate, the wall: lighter or darker than the plate by 0.1 + texture
-        p = plate[sel][..., None].astype(np.float32) * np.float32(1 / 255)
-        wall = bgc[sel] + (sign[sel] * (0.1 + amp[sel]))[..., None]
-        img[sel] = img[sel] * p + wall * (1.0 - p)
-    img += (fg - img) * mask[..., None]  # the digits over the ground
+        p = plate[sel].astype(np.float32) * np.float32(1 / 255)
+        wall = bgc[:, sel] + sign[sel] * (0.1 + amp[sel])
+        img[:, sel] = img[:, sel] * p + wall * (1.0 - p)
+    ink = np.subtract(fg, img)
+    ink *= mask
+    img += ink  # the digits over the ground: img + (fg - img) * mask
+    del ink
     sel = kind == BACKGROUNDS.index("gradient")
     if sel.any():
         # uneven light (a shadow edge, a lamp): shades digit and ground alike
@@ -686,21 +846,33 @@ def _render_batch(lat: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray]
         cos = np.array([math.cos(v) for v in a], np.float32)[:, None, None]
         sin = np.array([math.sin(v) for v in a], np.float32)[:, None, None]
         t = (cos * (xx - 0.5) + sin * (yy - 0.5)) * np.float32(math.sqrt(2))
-        img[sel] *= (1.0 + 2.0 * amp[sel] * t)[..., None]
+        img[:, sel] *= 1.0 + 2.0 * amp[sel] * t
+    # (n, S, S, 3) for OpenCV: merging the planes of a stack of images is a plain copy
+    img = cv2.merge([plane.reshape(n * S, S) for plane in img]).reshape(n, S, S, 3)
 
     # -- the camera, as SVHN's crops were made: a photo (optics blur, sensor noise in luma,
     # 8 bits, JPEG) at the crop's own resolution, then resized to the output size
+    # (OpenCV writes each image straight into its slot of a batch array: dst=)
     blur, q = L["blur"], L["jpeg_quality"]
+    shot = np.empty_like(img)
     for j in range(n):
         if blur[j] > 0:
-            img[j] = cv2.GaussianBlur(img[j], (0, 0), blur[j])
+            cv2.GaussianBlur(img[j], (0, 0), blur[j], dst=shot[j])
+        else:
+            shot[j] = img[j]
     side = np.round(lat["resolution"] * S).astype(int)  # the photo's crop, whole pixels
     out = np.empty((n, S, S, 3), np.uint8)
     for k in np.unique(side).tolist():  # images of one crop size together: vectorised noise
         idx = np.flatnonzero(side == k)
-        photo = img[idx] if k == S else np.stack(
-            [cv2.resize(img[j], (k, k), interpolation=cv2.INTER_AREA) for j in idx])
-        photo += lat["noise"][idx, None, None, None] * extra["noise"][idx, :k, :k, None]
+        if k == S:
+            photo = shot[idx]
+        else:
+            photo = np.empty((len(idx), k, k, 3), np.float32)
+            for t, j in enumerate(idx.tolist()):
+                cv2.resize(shot[j], (k, k), dst=photo[t], interpolation=cv2.INTER_AREA)
+        grain = lat["noise"][idx, None, None] * extra["noise"][idx, :k, :k]  # (m, k, k)
+        for c in range(3):  # one channel at a time: numpy broadcasts over 3 channels slowly
+            photo[..., c] += grain
         photo *= 255.0
         photo += 0.5
         photo = np.clip(photo, 0, 255, out=photo).astype(np.uint8)  # (m, k, k, 3)
@@ -709,8 +881,12 @@ def _render_batch(lat: Mapping[str, np.ndarray], extra: Mapping[str, np.ndarray]
             if q[j] < 100:
                 _, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, q[j]])
                 im = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-            out[j] = im if k == S else cv2.resize(im, (S, S), interpolation=cv2.INTER_LINEAR)
-    return out[..., ::-1]
+            if k == S:
+                out[j] = im
+            else:
+                cv2.resize(im, (S, S), dst=out[j], interpolation=cv2.INTER_LINEAR)
+    # to RGB: a channel swap of the whole stack at once (a plain copy)
+    return cv2.cvtColor(out.reshape(n * S, S, 3), cv2.COLOR_BGR2RGB).reshape(n, S, S, 3)
 
 
 def _render_chunk(n: int, seed: int, start: int,
