@@ -60,6 +60,12 @@ def test_refiner_follows_the_node_contract(dots):
     check_node(StereoRefiner(epochs=1, **SMALL), x, y)
 
 
+def test_edge_aware_means_node_follows_the_node_contract(dots):
+    x, y, _ = dots
+    out = check_node(EdgeAwareMeans(smooth=[3, 5]), {"disparity": x["disparity"], "matched": x["matched"]}, y)
+    assert out["candidates"].shape == (6, 2, 32, 64)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_training_removes_a_systematic_bias_of_the_classical_map(dots, split):
     """A classical answer 0.6 px too far everywhere: the refiner learns to add it back."""
