@@ -13,6 +13,8 @@ street world's training scenes, runs SGBM and the oracle on the evaluation scene
 * whole-image EPE and D1 of every system;
 * with two or more seeds, the per-bin paired difference depth loss − disparity loss of the
   median object error over seeds, with its interval;
+* for the refiner, what fine-tuning did on the objects: how far each loss moved the answer from
+  its start (the untrained refiner, or the checkpoint) and how far apart the two losses ended;
 * the costs: pretraining, fine-tuning per model, prediction per scene (with the load average).
 
 ``--upstream hybrid`` (the default, the pipeline's): SGBM plus the learned residual refiner
@@ -179,6 +181,9 @@ def main() -> None:
         print(f"pretrained here on {args.pretrain_images} flying images: render {t_r:.0f} s, train {t_p:.0f} s")
     if pretrained is not None:
         evaluate("pretrained", pretrained)
+    elif hybrid:
+        # the refiner before any step: with blend_start, the classical answer it is built on
+        evaluate("start", StereoRefiner(epochs=0, **net).fit(x_train, y_train, seed=0))
 
     crop = None if args.crop == "none" else [int(v) for v in args.crop.split("x")]
     for objective in args.objectives:
@@ -211,6 +216,23 @@ def main() -> None:
         for cname, cells in paired.items():
             print(f"- {cname}: " + "; ".join(f"{b} m {c['delta_mean']:+.3f} [{c['delta_ci'][0]:+.3f}, "
                                              f"{c['delta_ci'][1]:+.3f}] ({c['better']})" for b, c in cells.items()))
+    start = "pretrained" if "pretrained" in systems else "start" if "start" in systems else None
+    moved = apart = {}
+    if start and learned:
+        # what fine-tuning did on the objects: how far each loss moved from its start, and how
+        # far the two losses ended apart (same seed), beside the errors above
+        moved = gate_table({n: systems[n] for n in learned}, gt_depth, labels,
+                           against={n: systems[start][0] for n in learned})
+        print("\n" + format_gate_table(moved, title=(
+            f"How far fine-tuning moved the answer from its start ({start}) on the objects: median over "
+            "objects of the median |Ẑ − Ẑ_start| on their own pixels (m; share moved by more than 1 m):")))
+        if len(learned) == 2:
+            pair = f"{learned[1]} vs {learned[0]}"
+            apart = gate_table({pair: systems[learned[1]]}, gt_depth, labels,
+                               against={pair: systems[learned[0]]})
+            print("\n" + format_gate_table(apart, title=(
+                "How far apart the two losses' answers are on the objects (same seed): median over "
+                "objects of the median |Ẑ_depth − Ẑ_disparity| (m; share apart by more than 1 m):")))
     print(f"\nWhole image ({args.split} scenes; mean over seeds; D1 as KITTI 2015's, its 3 px scaled to "
           f"{d1_px:.2f} px at this width, and 5 %; fg: car and pedestrian pixels; holes filled):\n")
     print("| system | D1-bg (%) | D1-fg (%) | fg/bg | EPE-bg (px) | EPE-fg (px) | D1 all, 3 px (%) | depth MAE (m) |\n"
@@ -231,7 +253,8 @@ def main() -> None:
         print(f"  {k}: {v:.3f}" if v < 1 else f"  {k}: {v:.1f}")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "table": table, "verdict": verdict,
-                                              "paired": paired, "scores": scores, "costs": costs},
+                                              "paired": paired, "moved": moved, "apart": apart,
+                                              "scores": scores, "costs": costs},
                                              indent=1, default=float))
 
 

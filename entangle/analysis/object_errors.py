@@ -71,7 +71,7 @@ def foreground_mask(gt_depth: np.ndarray, labels: Any, classes: Sequence[int] | 
 
 def object_errors(pred_depth: np.ndarray, gt_depth: np.ndarray, labels: Any, *,
                   classes: Sequence[int] | None = None, min_pixels: int = 5,
-                  margin: float = MARGIN) -> dict[str, np.ndarray]:
+                  margin: float = MARGIN, against: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per-object depth errors of depth predictions for a batch of scenes.
 
     Parameters
@@ -81,6 +81,9 @@ def object_errors(pred_depth: np.ndarray, gt_depth: np.ndarray, labels: Any, *,
     classes : class ids to keep (all but DontCare when None).
     min_pixels : objects with fewer own pixels are skipped (too small or hidden to measure).
     margin : metres of slack around the object's extent.
+    against : (N, H, W) depth compared in place of ``gt_depth`` on the same own pixels (how far
+        two predictions are apart on an object: a model from its starting point, two losses);
+        the own pixels stay the ground truth's, and a pixel counts where both have a value.
 
     Returns
     -------
@@ -94,6 +97,11 @@ def object_errors(pred_depth: np.ndarray, gt_depth: np.ndarray, labels: Any, *,
     if pred_depth.shape != gt_depth.shape:
         raise ValueError(f"predicted depth {pred_depth.shape} and ground truth {gt_depth.shape} "
                          "differ in shape")
+    if against is not None:
+        against = np.asarray(against)
+        if against.shape != gt_depth.shape:
+            raise ValueError(f"depth compared against {against.shape} and ground truth "
+                             f"{gt_depth.shape} differ in shape")
     keys = ("scene", "row", "cls", "z", "difficulty", "pixels", "abs_error", "rel_error", "unmatched")
     out: dict[str, list] = {k: [] for k in keys}
     for i in range(len(gt_depth)):
@@ -109,6 +117,9 @@ def object_errors(pred_depth: np.ndarray, gt_depth: np.ndarray, labels: Any, *,
             z_true = gt[window][own].astype(np.float64)
             z_pred = np.asarray(pred_depth[i][window][own], dtype=np.float64)
             matched = np.isfinite(z_pred) & (z_pred > 0)
+            if against is not None:
+                z_true = np.asarray(against[i][window][own], dtype=np.float64)
+                matched &= np.isfinite(z_true) & (z_true > 0)
             if matched.any():
                 err = np.abs(z_pred[matched] - z_true[matched])
                 abs_err, rel_err = float(np.median(err)), float(np.median(err / z_true[matched]))
@@ -158,7 +169,7 @@ def bin_label(lo: float, hi: float) -> str:
 def gate_table(systems: Mapping[str, Any], gt_depth: np.ndarray, labels: Any, *,
                bins: Sequence[float] = DISTANCE_BINS, classes: Mapping[str, int] | None = None,
                min_pixels: int = 5, threshold: float = OFF_THRESHOLD,
-               margin: float = MARGIN) -> dict[str, Any]:
+               margin: float = MARGIN, against: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Median object error and share off by more than ``threshold`` per class, distance bin, system.
 
     Parameters
@@ -167,6 +178,9 @@ def gate_table(systems: Mapping[str, Any], gt_depth: np.ndarray, labels: Any, *,
     gt_depth, labels : the ground truth of the same N scenes.
     bins : edges (m) on the label's z; the last may be ``inf``.
     classes : name -> class id (default: car and pedestrian).
+    against : system -> depth (or one per seed) compared in place of the ground truth
+        (:func:`object_errors`): the table then says how far each system is from another on
+        the objects, not how wrong it is.
 
     Returns
     -------
@@ -182,8 +196,15 @@ def gate_table(systems: Mapping[str, Any], gt_depth: np.ndarray, labels: Any, *,
                            "systems": {}}
     for system, preds in systems.items():
         runs = [preds] if isinstance(preds, np.ndarray) else list(preds)
+        other = (against or {}).get(system)
+        others = ([None] * len(runs) if other is None else
+                  [other] * len(runs) if isinstance(other, np.ndarray) else list(other))
+        if len(others) != len(runs):
+            raise ValueError(f"system {system!r}: {len(runs)} predictions but {len(others)} to "
+                             "compare them against")
         per_seed = [object_errors(p, gt_depth, labels, classes=list(classes.values()),
-                                  min_pixels=min_pixels, margin=margin) for p in runs]
+                                  min_pixels=min_pixels, margin=margin, against=o)
+                    for p, o in zip(runs, others)]
         table: dict[str, dict[str, dict[str, float]]] = {}
         for cname, cid in classes.items():
             table[cname] = {}
@@ -237,11 +258,13 @@ def gate_verdict(table: Mapping[str, Any], learned: Sequence[str], reference: st
     return result
 
 
-def format_gate_table(table: Mapping[str, Any], verdict: Mapping[str, Any] | None = None) -> str:
-    """The gate table as markdown: one row per system and class, per bin ``median m (share > 1 m)``."""
+def format_gate_table(table: Mapping[str, Any], verdict: Mapping[str, Any] | None = None,
+                      title: str | None = None) -> str:
+    """The gate table as markdown: one row per system and class, per bin ``median m (share > 1 m)``;
+    ``title`` replaces the first line (a table made with ``against`` measures no error)."""
     bins = table["bins"]
     thr = table["threshold"]
-    lines = [f"Median object depth error (m) and share of objects off by more than {thr:g} m, "
+    lines = [title or f"Median object depth error (m) and share of objects off by more than {thr:g} m, "
              "by the object's distance:", "",
              "| system | class | " + " | ".join(f"{b} m" for b in bins) + " |",
              "|---|---|" + "---|" * len(bins)]
