@@ -99,6 +99,8 @@ def main() -> None:
                         "channels, dilations; StereoNet: those of the checkpoint)")
     parser.add_argument("--out", default=None, help="write every number as JSON here")
     args = parser.parse_args()
+    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     hybrid = args.upstream == "hybrid"

@@ -48,3 +48,6 @@ def test_gate_table_against_is_per_system_and_per_seed():
     assert per_seed["systems"]["tuned"]["car"]["10-20"]["medians"] == pytest.approx([0.3, 0.2])
     with pytest.raises(ValueError, match="system 'tuned': 2 predictions but 3"):
         gate_table({"tuned": runs}, gt, labels, against={"tuned": [start] * 3})
+    # a misspelt system would silently turn distances back into errors: refused instead
+    with pytest.raises(ValueError, match=r"against names \['tunde'\]"):
+        gate_table({"tuned": runs}, gt, labels, against={"tunde": start})

@@ -114,12 +114,9 @@ def object_errors(pred_depth: np.ndarray, gt_depth: np.ndarray, labels: Any, *,
             n_own = int(own.sum())
             if n_own < min_pixels:
                 continue
-            z_true = gt[window][own].astype(np.float64)
+            z_true = np.asarray((gt if against is None else against[i])[window][own], dtype=np.float64)
             z_pred = np.asarray(pred_depth[i][window][own], dtype=np.float64)
-            matched = np.isfinite(z_pred) & (z_pred > 0)
-            if against is not None:
-                z_true = np.asarray(against[i][window][own], dtype=np.float64)
-                matched &= np.isfinite(z_true) & (z_true > 0)
+            matched = np.isfinite(z_pred) & (z_pred > 0) & np.isfinite(z_true) & (z_true > 0)
             if matched.any():
                 err = np.abs(z_pred[matched] - z_true[matched])
                 abs_err, rel_err = float(np.median(err)), float(np.median(err / z_true[matched]))
@@ -194,6 +191,9 @@ def gate_table(systems: Mapping[str, Any], gt_depth: np.ndarray, labels: Any, *,
     names = [bin_label(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])]
     out: dict[str, Any] = {"bins": names, "classes": list(classes), "threshold": float(threshold),
                            "systems": {}}
+    unknown = sorted(set(against or {}) - set(systems))
+    if unknown:
+        raise ValueError(f"against names {unknown}, which are not among the systems {list(systems)}")
     for system, preds in systems.items():
         runs = [preds] if isinstance(preds, np.ndarray) else list(preds)
         other = (against or {}).get(system)
