@@ -142,8 +142,16 @@ class Run:
         self._fit_and_publish(name)
 
     def run_all(self) -> "Run":
-        for name in self.system.topological_order():
+        """Ensure every node in topological order; a node's values leave memory once its last
+        reader is done (later reads come back from the store or are recomputed), so a run holds
+        what the next fits read, not everything the system has produced."""
+        order = self.system.topological_order()
+        last_reader = {up: i for i, name in enumerate(order) for up in self.system.graph.predecessors(name)}
+        for i, name in enumerate(order):
             self.ensure(name)
+            # <= rather than ==: a function node's inputs are read when *its* reader is fitted
+            for key in [k for k in self._values if last_reader.get(k[0], -1) <= i]:
+                del self._values[key]
         return self
 
     def _fit_and_publish(self, name: str) -> None:
@@ -180,7 +188,6 @@ class Run:
             if spec.targets:
                 loss, metrics[split] = self._evaluate(node, name, split, preds)
                 arrays[f"loss/{split}"] = loss
-            self._values[(name, split)] = preds
         for extra, value in getattr(node, "extra_arrays", lambda: {})().items():
             arrays[f"extra/{extra}"] = value
         meta = {

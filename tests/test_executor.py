@@ -10,7 +10,7 @@ import pytest
 from sklearn.linear_model import LinearRegression, Ridge
 
 from entangle.data.toys import GaussianSource
-from entangle.executor import LocalExecutor, ProcessExecutor, RayExecutor, stored_dependencies
+from entangle.executor import LocalExecutor, ProcessExecutor, RayExecutor, Run, stored_dependencies
 from entangle.node import FunctionNode, SklearnNode
 from entangle.store import Store
 from entangle.system import NodeSpec, System
@@ -80,3 +80,26 @@ def test_ray_matches_local(tmp_path):
     remote = RayExecutor(num_cpus=2).run(system, [0], Store(tmp_path / "r"))
     for name in ("left", "right", "a", "b"):
         assert remote[0].metrics(name) == local[0].metrics(name)
+
+
+def test_a_run_forgets_values_once_their_last_reader_is_done(tmp_path, monkeypatch):
+    """A run holds what the next fits read, not all the system produced; reads after come back
+    from the store, equal to what was published."""
+    held = {}
+    ensure = Run.ensure
+
+    def spy(self, name):
+        held.setdefault(name, {n for n, _ in self._values})   # when run_all reaches it
+        ensure(self, name)
+
+    monkeypatch.setattr(Run, "ensure", spy)
+    store = Store(tmp_path)
+    run = Run(two_branch_system(), 0, store).run_all()
+    # order: data, left, neg, a, right, b; left and neg are read through a alone, which is done
+    assert held["right"] == {"data"}
+    assert held["b"] == {"data"}
+    assert run._values == {}
+    again = Run(two_branch_system(), 0, store)
+    for name in ("left", "a", "b"):
+        np.testing.assert_array_equal(run.values(name, "test")["pred"], again.values(name, "test")["pred"])
+        assert run.metrics(name) == again.metrics(name)
