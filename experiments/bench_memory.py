@@ -6,7 +6,7 @@ entries): the kernel reclaims those under pressure, so the anonymous figure is w
 
     python experiments/bench_memory.py                     # the case study's old system, seed 0
     python experiments/bench_memory.py --system new pipeline.nodes.world.limits.test=120
-    python experiments/bench_memory.py --experiment paper_toys --store /tmp/s   # a named store
+    python experiments/bench_memory.py --experiment paper_toys --store stores/memory   # a named store
 
 Each fit's figures run from its log line to the next one (a fit's gathering of inputs counts
 with it); the figures are sampled every 20 ms, so a shorter spike may be missed.
