@@ -8,8 +8,9 @@ entries): the kernel reclaims those under pressure, so the anonymous figure is w
     python experiments/bench_memory.py --system new pipeline.nodes.world.limits.test=120
     python experiments/bench_memory.py --experiment paper_toys --store stores/memory   # a named store
 
-Each fit's figures run from its log line to the next one (a fit's gathering of inputs counts
-with it); the figures are sampled every 20 ms, so a shorter spike may be missed.
+A fit's row runs from its 'fitting' log line to the next one. The line comes after its inputs
+were gathered, so loading them (and computing function nodes such as pseudo-LiDAR) counts in
+the row above. The figures are sampled every 20 ms, so a shorter spike may be missed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from entangle.executor import check_seeds
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -71,10 +74,16 @@ def main() -> None:
     ap.add_argument("--store", default=None, help="store root (default: a new temporary one)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. profile=quick")
     args = ap.parse_args()
+    if not Path("/proc/self/status").is_file():
+        ap.error("it reads memory from /proc/self/status, which this system (not Linux) lacks")
+    try:
+        check_seeds([args.seed])
+    except ValueError as err:
+        ap.error(f"--seed: {err}")
 
     from hydra import compose, initialize_config_dir
 
-    from entangle.study import Study
+    from entangle.study import Study, StudyError
 
     stages = Stages()
     logging.getLogger("entangle.executor").addHandler(stages)
@@ -85,7 +94,10 @@ def main() -> None:
             cfg = compose("config", overrides=[f"experiment={args.experiment}", f"store.root={store}",
                                                f"output_dir={tmp}/out", *args.overrides])
         study = Study.from_config(cfg)
-        study.runs(args.system, seeds=[args.seed])
+        try:
+            study.runs(args.system, seeds=[args.seed])
+        except StudyError as err:   # e.g. no such system: said in one line, nothing was fitted
+            ap.error(str(err))
         stages.close_stage("")
     print(f"{args.experiment}, system {args.system!r}, seed {args.seed} ({' '.join(args.overrides) or 'defaults'}):")
     print(f"{'stage':58s} {'s':>7s} {'peak RSS GB':>12s} {'peak anon GB':>13s}")

@@ -45,6 +45,7 @@ from entangle.analysis.object_errors import (foreground_mask, format_gate_table,
                                              gate_verdict, paired_bin_differences)
 from entangle.data.flying import FlyingSource
 from entangle.data.world_source import WorldSource
+from entangle.executor import check_seeds
 from entangle.models.stereo import ClassicalStereo, OracleStereo, StereoCheckpoint, StereoNet, file_sha256
 from entangle.models.stereo_refiner import RefinerCheckpoint, StereoRefiner
 
@@ -99,8 +100,10 @@ def main() -> None:
                         "channels, dilations; StereoNet: those of the checkpoint)")
     parser.add_argument("--out", default=None, help="write every number as JSON here")
     args = parser.parse_args()
-    if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
-        parser.error(f"--seeds must be distinct non-negative integers, got {args.seeds}")
+    try:
+        check_seeds(args.seeds)
+    except ValueError as err:
+        parser.error(f"--seeds: {err}")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     hybrid = args.upstream == "hybrid"
