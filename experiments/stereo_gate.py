@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", default="96x320", help="HxW training crops, or none")
+    parser.add_argument("--object-weight", type=float, default=1.0, help="refiner: weight of the "
+                        "cars' and pedestrians' own pixels in the fine-tuning loss (others weigh 1)")
     parser.add_argument("--objectives", nargs="+", default=["disparity", "depth"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--sgbm", default="{}", help="JSON parameters of OpenCV SGBM")
@@ -104,6 +106,8 @@ def main() -> None:
         check_seeds(args.seeds)
     except ValueError as err:
         parser.error(f"--seeds: {err}")
+    if args.object_weight != 1.0 and (args.upstream != "hybrid" or not args.object_weight > 0):
+        parser.error("--object-weight: a number > 0, and only the hybrid's refiner weighs object pixels")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     hybrid = args.upstream == "hybrid"
@@ -119,7 +123,7 @@ def main() -> None:
     keys = ("left", "right", "calib", "baseline")
     n_tr, n_te = min(args.train, len(train["left"])), min(args.test, len(test["left"]))
     x_train = {k: train[k][:n_tr] for k in keys}
-    y_train = {"disparity": train["disparity"][:n_tr]}
+    y_train = {"disparity": train["disparity"][:n_tr], "labels": train["labels"].take(np.arange(n_tr))}
     x_test = {k: test[k][:n_te] for k in keys}
     y_test = {"disparity": test["disparity"][:n_te]}
     gt_depth = np.asarray(test["depth"][:n_te])
@@ -194,8 +198,9 @@ def main() -> None:
     for objective in args.objectives:
         for seed in args.seeds:
             cls = StereoRefiner if hybrid else StereoNet
+            weight = {"object_weight": args.object_weight} if args.object_weight != 1.0 else {}
             node = cls(objective=objective, epochs=epochs, lr=args.lr, batch_size=args.batch_size,
-                       crop=crop, **net)
+                       crop=crop, **weight, **net)
             if pretrained is not None:
                 node.init_from(pretrained)
             name = f"{objective} loss"

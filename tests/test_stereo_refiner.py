@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from entangle.data.labels import CAR, LABEL_COLUMNS, L
 from entangle.models.refine_net import (IN_CHANNELS, DisparityRefiner, RefinerConfig, edge_aware_mean,
                                         edge_aware_means, refiner_features)
 from entangle.models.stereo import ClassicalStereo, file_sha256
+from entangle.node import Ragged
 from entangle.models.stereo_refiner import EdgeAwareMeans, RefinerCheckpoint, StereoRefiner, save_refiner
 from entangle.testing import check_node
 from test_stereo_net import random_dot_pairs, stereo_inputs
@@ -224,6 +226,58 @@ def test_a_refiner_can_start_at_an_edge_aware_mean_of_the_classical_map(dots):
     assert np.abs(out["disparity"] - mean)[matched].max() < 1e-4
     assert np.array_equal(out["disparity"][~matched], sgbm["disparity"][~matched])
     assert np.abs(mean - sgbm["disparity"])[matched].max() > 0.1    # and that start is not SGBM
+
+
+def _one_car_per_scene(disp, fb):
+    """A car's label row per scene whose box is rows 8-23, columns 20-43 and whose extent holds
+    every depth in it: its own pixels are the box's valid pixels."""
+    rows = []
+    for d, f in zip(disp, fb):
+        row = np.zeros(len(LABEL_COLUMNS), np.float32)
+        depth = f / d[8:24, 20:44][d[8:24, 20:44] > 0]
+        row[[L["cls"], L["z"], L["l"], L["w"]]] = CAR, float(np.median(depth)), 1e4, 1e4
+        row[[L["x1"], L["y1"], L["x2"], L["y2"]]] = 20, 8, 43, 23
+        rows.append(row[None])
+    return Ragged.from_list(rows, width=len(LABEL_COLUMNS))
+
+
+def test_object_weight_weighs_the_labelled_objects_pixels_in_the_loss(dots):
+    """The first step's loss (whole images, one batch, the start is SGBM) is the declared mean:
+    smooth-L1 per pixel, the objects' own pixels weighted by object_weight, the rest by 1."""
+    x, y, sgbm = dots
+    fb = sgbm["focal_baseline"].astype(np.float64)
+    labels = _one_car_per_scene(y["disparity"], fb)
+    gt, d0 = y["disparity"].astype(np.float64), sgbm["disparity"].astype(np.float64)
+    valid = gt > 0
+    box = np.zeros_like(valid)
+    box[:, 8:24, 20:44] = True
+    err = np.abs(d0 - gt)
+    per = np.where(err < 0.5, 0.5 * err ** 2 / 0.5, err - 0.25)
+    for weight in (1.0, 10.0):
+        node = StereoRefiner(epochs=1, object_weight=weight, beta=0.5, **{**SMALL, "batch_size": 6})
+        node.fit(x, {**y, "labels": labels}, seed=0)
+        w = np.where(box, weight, 1.0)[valid]
+        np.testing.assert_allclose(node.train_loss_[0], (w * per[valid]).sum() / w.sum(), rtol=1e-4)
+    # weight 1 reads no labels and trains the very refiner it trains without them
+    plain = StereoRefiner(epochs=1, **SMALL).fit(x, y, seed=0)
+    ones = StereoRefiner(epochs=1, object_weight=1, **SMALL).fit(x, {**y, "labels": labels}, seed=0)
+    assert np.array_equal(plain.predict(x)["disparity"], ones.predict(x)["disparity"])
+
+
+@pytest.mark.parametrize("weight, targets, says", [
+    (0.0, "labels", "object_weight must be a finite number > 0"),
+    (float("inf"), "labels", "object_weight must be a finite number > 0"),
+    ("heavy", "labels", "object_weight must be a finite number > 0"),
+    (4.0, None, "object_weight 4 needs the target 'labels'"),
+    (4.0, "short", "target 'labels' holds 5 scenes, the images 6"),
+])
+def test_a_bad_object_weight_or_missing_labels_is_refused_naming_the_field(dots, weight, targets, says):
+    x, y, sgbm = dots
+    labels = _one_car_per_scene(y["disparity"], sgbm["focal_baseline"])
+    extra = {"labels": labels} if targets == "labels" else {"labels": labels.take(np.arange(5))} if targets else {}
+    with pytest.raises(ValueError, match=says) as info:
+        StereoRefiner(epochs=1, object_weight=weight, **SMALL).fit(x, {**y, **extra}, seed=0)
+    assert "StereoRefiner" in str(info.value) and "\n" not in str(info.value)
 
 
 # -- bad input: one line naming the field --------------------------------------------------------

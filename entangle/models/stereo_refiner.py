@@ -251,6 +251,11 @@ class StereoRefiner(_RefinerNode):
     crop : [height, width] or None
         Train on random crops of this size (the features are computed on whole images first, so
         a crop's warps see the whole right image); None trains on whole images.
+    object_weight : float
+        Weight of the labelled cars' and pedestrians' own pixels in the training loss (every
+        other pixel weighs 1): what the detectors read, weighted up alike for both objectives.
+        Other than 1 it needs the target ``labels`` (the world's label rows); 1 is the plain
+        mean over pixels, bit for bit.
     max_depth : float
         Pixels with ground truth farther than this (metres) are not trained on nor scored.
     beta : float
@@ -259,13 +264,16 @@ class StereoRefiner(_RefinerNode):
     """
 
     version = "1"
+    target_kinds = {"disparity": "disparity", "labels": "labels"}
+    optional_targets = ("labels",)  # read only when object_weight is not 1
 
     def __init__(self, *, objective: str = "disparity", channels: int = 16,
                  dilations: Any = (1, 2, 4, 1), scale: float = 64.0,
                  max_correction: float | None = None, split: bool = False, smooth: Any = (),
                  smooth_range: float = 0.7, blend_start: Any = (), epochs: int = 2,
                  lr: float = 1e-3, batch_size: int = 4, crop: Any = (96, 320),
-                 max_depth: float = 80.0, beta: float = 1.0, device: str = "auto"):
+                 max_depth: float = 80.0, beta: float = 1.0, object_weight: float = 1.0,
+                 device: str = "auto"):
         self.objective = objective
         self.channels = channels
         self.dilations = dilations
@@ -281,6 +289,7 @@ class StereoRefiner(_RefinerNode):
         self.crop = crop
         self.max_depth = max_depth
         self.beta = beta
+        self.object_weight = object_weight
         self.device = device
 
     def refiner_config(self):
@@ -332,6 +341,7 @@ class StereoRefiner(_RefinerNode):
         disparity, matched = _classical(inputs, (n, h, w), owner)
         fb_all = focal_baseline(inputs, n, owner)
         gt_all = _target_disparity(targets, (n, h, w), owner)
+        objects = self._object_pixels(targets, gt_all, fb_all, owner)
         ch, cw = (h, w) if self.crop is None else (int(self.crop[0]), int(self.crop[1]))
         if not (0 < ch <= h and 0 < cw <= w):
             raise ValueError(f"{owner}: crop {ch}x{cw} must fit in the images ({h}x{w})")
@@ -386,7 +396,11 @@ class StereoRefiner(_RefinerNode):
             pred = d0 + module.correction(feats)
             if depth_loss:
                 pred, gt = fb / pred.clamp(min=1e-3), fb / gt.clamp(min=1e-6)
-            return torch.nn.functional.smooth_l1_loss(pred[mask], gt[mask], beta=float(self.beta)), len(idx)
+            if objects is None:
+                return torch.nn.functional.smooth_l1_loss(pred[mask], gt[mask], beta=float(self.beta)), len(idx)
+            weight = 1.0 + (float(self.object_weight) - 1.0) * torch.from_numpy(objects[idx][win]).to(dev)[mask]
+            per = torch.nn.functional.smooth_l1_loss(pred[mask], gt[mask], beta=float(self.beta), reduction="none")
+            return (weight * per).sum() / weight.sum(), len(idx)
 
         trained = train(net, batch_loss, epochs=int(self.epochs), n=n, batch_size=int(self.batch_size),
                         rng=gen, lr=float(self.lr), schedule="cosine", schedule_every="step",
@@ -394,6 +408,32 @@ class StereoRefiner(_RefinerNode):
         self.module_ = trained.module.cpu().eval()
         self.train_loss_ = np.asarray(trained.history, dtype=np.float64)
         return self
+
+    def _object_pixels(self, targets: Mapping[str, Any], gt_disparity: np.ndarray,
+                       fb: np.ndarray, owner: str) -> np.ndarray | None:
+        """(N, H, W) bool: the labelled cars' and pedestrians' own pixels, those the loss weighs
+        by ``object_weight``; None when the weight is 1 (a plain mean, no labels read)."""
+        try:
+            weight = float(self.object_weight)
+        except (TypeError, ValueError):
+            weight = float("nan")
+        if not (np.isfinite(weight) and weight > 0):
+            raise ValueError(f"{owner}: object_weight must be a finite number > 0 (1 weighs object "
+                             f"pixels like the rest), got {self.object_weight!r}")
+        if weight == 1.0:
+            return None
+        if "labels" not in targets:
+            raise ValueError(f"{owner}: object_weight {weight:g} needs the target 'labels' (the "
+                             f"scenes' label rows, e.g. targets: {{labels: world.labels}}); have "
+                             f"{sorted(targets)}")
+        from entangle.analysis.object_errors import foreground_mask
+        labels = targets["labels"]
+        if len(labels) != len(gt_disparity):
+            raise ValueError(f"{owner}: target 'labels' holds {len(labels)} scenes, the images "
+                             f"{len(gt_disparity)}")
+        gt = np.asarray(gt_disparity, dtype=np.float64)
+        depth = np.where(gt > 0, np.asarray(fb, dtype=np.float64).reshape(-1, 1, 1) / np.maximum(gt, 1e-6), 0.0)
+        return foreground_mask(depth, labels)
 
     def state_dict(self) -> dict[str, Any]:
         import torch
