@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", default="96x320", help="HxW training crops, or none")
+    parser.add_argument("--fine-tune", choices=("all", "unmatched"), default="all", help="refiner: "
+                        "what fine-tuning changes (unmatched: only the pixels SGBM left unmatched)")
     parser.add_argument("--object-weight", type=float, default=1.0, help="refiner: weight of the "
                         "cars' and pedestrians' own pixels in the fine-tuning loss (others weigh 1)")
     parser.add_argument("--objectives", nargs="+", default=["disparity", "depth"])
@@ -108,6 +110,8 @@ def main() -> None:
         parser.error(f"--seeds: {err}")
     if args.object_weight != 1.0 and (args.upstream != "hybrid" or not args.object_weight > 0):
         parser.error("--object-weight: a number > 0, and only the hybrid's refiner weighs object pixels")
+    if args.fine_tune != "all" and args.upstream != "hybrid":
+        parser.error("--fine-tune: only the hybrid's refiner has unmatched pixels of its own")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     hybrid = args.upstream == "hybrid"
@@ -199,6 +203,8 @@ def main() -> None:
         for seed in args.seeds:
             cls = StereoRefiner if hybrid else StereoNet
             weight = {"object_weight": args.object_weight} if args.object_weight != 1.0 else {}
+            if args.fine_tune != "all":
+                weight["fine_tune"] = args.fine_tune
             node = cls(objective=objective, epochs=epochs, lr=args.lr, batch_size=args.batch_size,
                        crop=crop, **weight, **net)
             if pretrained is not None:

@@ -30,6 +30,9 @@ from entangle.node import BaseNode, NotFittedError
 
 log = logging.getLogger(__name__)
 
+#: what :class:`StereoRefiner`'s training may change (``fine_tune``).
+FINE_TUNE = ("all", "unmatched")
+
 #: the ``format`` entry of a refiner checkpoint file (:func:`save_refiner`).
 REFINER_FORMAT = "entangle.refine_net/1"
 
@@ -256,6 +259,11 @@ class StereoRefiner(_RefinerNode):
         other pixel weighs 1): what the detectors read, weighted up alike for both objectives.
         Other than 1 it needs the target ``labels`` (the world's label rows); 1 is the plain
         mean over pixels, bit for bit.
+    fine_tune : {"all", "unmatched"}
+        What training changes. ``unmatched`` (``split`` networks) freezes the matched pixels'
+        head, so only the correction of the pixels the classical matcher left unmatched learns
+        ("replace" without "refine"): with that head as initialised (zero weights) the matched
+        pixels keep the start's answer bit for bit, e.g. ``blend_start``'s edge-aware mean.
     max_depth : float
         Pixels with ground truth farther than this (metres) are not trained on nor scored.
     beta : float
@@ -273,7 +281,7 @@ class StereoRefiner(_RefinerNode):
                  smooth_range: float = 0.7, blend_start: Any = (), epochs: int = 2,
                  lr: float = 1e-3, batch_size: int = 4, crop: Any = (96, 320),
                  max_depth: float = 80.0, beta: float = 1.0, object_weight: float = 1.0,
-                 device: str = "auto"):
+                 fine_tune: str = "all", device: str = "auto"):
         self.objective = objective
         self.channels = channels
         self.dilations = dilations
@@ -290,6 +298,7 @@ class StereoRefiner(_RefinerNode):
         self.max_depth = max_depth
         self.beta = beta
         self.object_weight = object_weight
+        self.fine_tune = fine_tune
         self.device = device
 
     def refiner_config(self):
@@ -346,6 +355,11 @@ class StereoRefiner(_RefinerNode):
         if not (0 < ch <= h and 0 < cw <= w):
             raise ValueError(f"{owner}: crop {ch}x{cw} must fit in the images ({h}x{w})")
         config = self.refiner_config()
+        if self.fine_tune not in FINE_TUNE:
+            raise ValueError(f"{owner}: fine_tune must be one of {FINE_TUNE}, got {self.fine_tune!r}")
+        if self.fine_tune == "unmatched" and not config.split:
+            raise ValueError(f"{owner}: fine_tune 'unmatched' needs split: true (a head of its own "
+                             f"for the matched pixels to freeze)")
 
         torch.manual_seed(seed)
         net = DisparityRefiner(config)
@@ -353,6 +367,9 @@ class StereoRefiner(_RefinerNode):
         if init is not None:
             net.load_state_dict(init)
             log.info("%s starts from the weights of %s", owner, self._init_origin)
+        if self.fine_tune == "unmatched":
+            net.local.requires_grad_(False)
+            net.local_out.requires_grad_(False)
         dev = resolve_device(self.device)
         gen = torch.Generator().manual_seed(seed)
         depth_loss = self.objective == "depth"
