@@ -92,8 +92,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop", default="96x320", help="HxW training crops, or none")
-    parser.add_argument("--fine-tune", choices=("all", "unmatched"), default="all", help="refiner: "
-                        "what fine-tuning changes (unmatched: only the pixels SGBM left unmatched)")
+    parser.add_argument("--fine-tune", choices=("all", "unmatched", "matched"), default="all",
+                        help="refiner: what fine-tuning changes (unmatched: only the pixels SGBM "
+                        "left unmatched; matched: only those it matched)")
     parser.add_argument("--object-weight", type=float, default=1.0, help="refiner: weight of the "
                         "cars' and pedestrians' own pixels in the fine-tuning loss (others weigh 1)")
     parser.add_argument("--objectives", nargs="+", default=["disparity", "depth"])

@@ -264,20 +264,22 @@ def test_object_weight_weighs_the_labelled_objects_pixels_in_the_loss(dots):
     assert np.array_equal(plain.predict(x)["disparity"], ones.predict(x)["disparity"])
 
 
-def test_fine_tuning_only_the_unmatched_pixels_keeps_the_matched_ones_at_the_start(dots):
+def test_fine_tuning_one_head_keeps_the_other_heads_pixels_at_the_start(dots):
     x, y, _ = dots
     opts = dict(split=True, smooth=[3, 5], blend_start=[0, 1], **SMALL)
     start = StereoRefiner(epochs=0, **opts).fit(x, y, seed=0).predict(x)["disparity"]
     out = {mode: StereoRefiner(epochs=3, lr=1e-2, fine_tune=mode, **opts).fit(x, y, seed=0).predict(x)["disparity"]
-           for mode in ("all", "unmatched")}
+           for mode in ("all", "unmatched", "matched")}
     matched = x["matched"].astype(bool)
-    assert np.array_equal(out["unmatched"][matched], start[matched])
-    assert not np.array_equal(out["unmatched"][~matched], start[~matched])     # and the rest learned
+    for mode, kept, learned in (("unmatched", matched, ~matched), ("matched", ~matched, matched)):
+        assert np.array_equal(out[mode][kept], start[kept]), mode
+        assert not np.array_equal(out[mode][learned], start[learned]), mode
     assert not np.array_equal(out["all"][matched], start[matched])
-    with pytest.raises(ValueError, match="fine_tune must be one of .'all', 'unmatched'., got 'matched'"):
-        StereoRefiner(epochs=1, fine_tune="matched", **opts).fit(x, y, seed=0)
-    with pytest.raises(ValueError, match="fine_tune 'unmatched' needs split: true"):
-        StereoRefiner(epochs=1, fine_tune="unmatched", **SMALL).fit(x, y, seed=0)
+    assert not np.array_equal(out["all"][~matched], start[~matched])
+    with pytest.raises(ValueError, match="fine_tune must be one of .'all', 'unmatched', 'matched'., got 'none'"):
+        StereoRefiner(epochs=1, fine_tune="none", **opts).fit(x, y, seed=0)
+    with pytest.raises(ValueError, match="fine_tune 'matched' needs split: true"):
+        StereoRefiner(epochs=1, fine_tune="matched", **SMALL).fit(x, y, seed=0)
 
 
 @pytest.mark.parametrize("weight, targets, says", [

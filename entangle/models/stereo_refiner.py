@@ -31,7 +31,7 @@ from entangle.node import BaseNode, NotFittedError
 log = logging.getLogger(__name__)
 
 #: what :class:`StereoRefiner`'s training may change (``fine_tune``).
-FINE_TUNE = ("all", "unmatched")
+FINE_TUNE = ("all", "unmatched", "matched")
 
 #: the ``format`` entry of a refiner checkpoint file (:func:`save_refiner`).
 REFINER_FORMAT = "entangle.refine_net/1"
@@ -259,11 +259,13 @@ class StereoRefiner(_RefinerNode):
         other pixel weighs 1): what the detectors read, weighted up alike for both objectives.
         Other than 1 it needs the target ``labels`` (the world's label rows); 1 is the plain
         mean over pixels, bit for bit.
-    fine_tune : {"all", "unmatched"}
-        What training changes. ``unmatched`` (``split`` networks) freezes the matched pixels'
-        head, so only the correction of the pixels the classical matcher left unmatched learns
-        ("replace" without "refine"): with that head as initialised (zero weights) the matched
-        pixels keep the start's answer bit for bit, e.g. ``blend_start``'s edge-aware mean.
+    fine_tune : {"all", "unmatched", "matched"}
+        What training changes (``split`` networks for the last two). ``unmatched`` freezes the
+        matched pixels' head, so only the correction of the pixels the classical matcher left
+        unmatched learns ("replace" without "refine"); ``matched`` freezes the last layer of the
+        unmatched pixels' correction, so only the matched pixels' head learns ("refine"
+        without "replace"). A frozen head as initialised (zero weights) keeps its pixels at
+        the start's answer bit for bit: ``blend_start``'s edge-aware mean, SGBM's filled value.
     max_depth : float
         Pixels with ground truth farther than this (metres) are not trained on nor scored.
     beta : float
@@ -357,9 +359,9 @@ class StereoRefiner(_RefinerNode):
         config = self.refiner_config()
         if self.fine_tune not in FINE_TUNE:
             raise ValueError(f"{owner}: fine_tune must be one of {FINE_TUNE}, got {self.fine_tune!r}")
-        if self.fine_tune == "unmatched" and not config.split:
-            raise ValueError(f"{owner}: fine_tune 'unmatched' needs split: true (a head of its own "
-                             f"for the matched pixels to freeze)")
+        if self.fine_tune != "all" and not config.split:
+            raise ValueError(f"{owner}: fine_tune {self.fine_tune!r} needs split: true (a head of "
+                             f"its own for the matched pixels)")
 
         torch.manual_seed(seed)
         net = DisparityRefiner(config)
@@ -370,6 +372,8 @@ class StereoRefiner(_RefinerNode):
         if self.fine_tune == "unmatched":
             net.local.requires_grad_(False)
             net.local_out.requires_grad_(False)
+        elif self.fine_tune == "matched":
+            net.out.requires_grad_(False)
         dev = resolve_device(self.device)
         gen = torch.Generator().manual_seed(seed)
         depth_loss = self.objective == "depth"
