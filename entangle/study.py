@@ -314,9 +314,13 @@ def replaced_system(system: System, node: str, node_cfg: Mapping[str, Any], wher
     # a replacement that cannot start from another node's state (an oracle, a classical
     # algorithm) does not inherit the replaced node's `init`
     init = wiring.get("init", spec.init if callable(getattr(built, "init_from", None)) else None)
+    # ... nor the targets it does not take (the labels a refiner weighs its loss by are not an
+    # oracle's): a target the replaced node's config wired is kept only where the new one reads it
+    declared = getattr(built, "target_kinds", None) or {}
+    targets = wiring.get("targets", {k: v for k, v in spec.targets.items() if not declared or k in declared})
     specs = dict(system.specs)
     specs[node] = NodeSpec(built, inputs=dict(wiring.get("inputs", spec.inputs)),
-                           targets=dict(wiring.get("targets", spec.targets)),
+                           targets=dict(targets),
                            output=bool(wiring.get("output", spec.output)),
                            fit_split=str(wiring.get("fit_split", spec.fit_split)),
                            init=init, seed=wiring.get("seed", spec.seed),

@@ -166,3 +166,16 @@ def test_a_wrong_outcome_is_a_config_error_before_anything_is_fitted(compose_cfg
     with pytest.raises(ConfigError, match=message):
         run(compose_cfg("experiment=fixes_that_fail", "profile=quick", f"store.root={tmp_path / 's'}", override))
     assert not list(Store(tmp_path / "s").keys())     # failed before the first fit
+
+
+def test_references_do_not_inherit_a_target_only_the_refiner_reads(compose_cfg, tmp_path):
+    """Weighting the refiner's loss by object pixels wires it the world's labels; the oracle and
+    SGBM systems that replace it take no labels, and must still build (not fail on its wiring)."""
+    from entangle.study import Study
+    cfg = compose_cfg("experiment=fixes_that_fail", "profile=quick", f"store.root={tmp_path / 's'}",
+                      "+pipeline.nodes.stereo.object_weight=4", "+pipeline.nodes.stereo.targets.labels=world.labels")
+    study = Study.from_config(cfg)
+    assert study.old.specs["stereo"].targets == {"disparity": "world.disparity", "labels": "world.labels"}
+    for name, system in study.references.items():
+        assert "labels" not in system.specs["stereo"].targets, name
+    assert study.references["oracle"].specs["stereo"].targets == {"disparity": "world.disparity"}
