@@ -109,10 +109,8 @@ def main() -> None:
         check_seeds(args.seeds)
     except ValueError as err:
         parser.error(f"--seeds: {err}")
-    if args.object_weight != 1.0 and (args.upstream != "hybrid" or not args.object_weight > 0):
-        parser.error("--object-weight: a number > 0, and only the hybrid's refiner weighs object pixels")
-    if args.fine_tune != "all" and args.upstream != "hybrid":
-        parser.error("--fine-tune: only the hybrid's refiner has unmatched pixels of its own")
+    if args.upstream != "hybrid" and (args.object_weight != 1.0 or args.fine_tune != "all"):
+        parser.error("--object-weight and --fine-tune are options of the hybrid's refiner")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     hybrid = args.upstream == "hybrid"
@@ -203,11 +201,9 @@ def main() -> None:
     for objective in args.objectives:
         for seed in args.seeds:
             cls = StereoRefiner if hybrid else StereoNet
-            weight = {"object_weight": args.object_weight} if args.object_weight != 1.0 else {}
-            if args.fine_tune != "all":
-                weight["fine_tune"] = args.fine_tune
+            extra = {"object_weight": args.object_weight, "fine_tune": args.fine_tune} if hybrid else {}
             node = cls(objective=objective, epochs=epochs, lr=args.lr, batch_size=args.batch_size,
-                       crop=crop, **weight, **net)
+                       crop=crop, **extra, **net)
             if pretrained is not None:
                 node.init_from(pretrained)
             name = f"{objective} loss"

@@ -26,6 +26,7 @@ import numpy as np
 
 from entangle.models.stereo import (IMAGE_MEAN, IMAGE_STD, CheckpointNode, _images, _StereoOutputs,
                                     _target_disparity, focal_baseline, write_checkpoint)
+from entangle.models.stereo_metrics import depth_from_disparity
 from entangle.node import BaseNode, NotFittedError
 
 log = logging.getLogger(__name__)
@@ -452,9 +453,7 @@ class StereoRefiner(_RefinerNode):
         if len(labels) != len(gt_disparity):
             raise ValueError(f"{owner}: target 'labels' holds {len(labels)} scenes, the images "
                              f"{len(gt_disparity)}")
-        gt = np.asarray(gt_disparity, dtype=np.float64)
-        depth = np.where(gt > 0, np.asarray(fb, dtype=np.float64).reshape(-1, 1, 1) / np.maximum(gt, 1e-6), 0.0)
-        return foreground_mask(depth, labels)
+        return foreground_mask(depth_from_disparity(gt_disparity, fb), labels)
 
     def state_dict(self) -> dict[str, Any]:
         import torch
