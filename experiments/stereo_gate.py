@@ -77,6 +77,9 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="a KITTI-layout world folder (default: render it)")
     parser.add_argument("--scenes", type=int, default=1200, help="scenes of the world to render")
     parser.add_argument("--world-seed", type=int, default=0)
+    parser.add_argument("--world", default="{}", help="JSON overrides of the rendered world's "
+                        "WorldConfig, e.g. '{\"splits\": [0.25, 0.5, 0.25]}' for a larger "
+                        "validation split in a fresh world (--world-seed 1)")
     parser.add_argument("--train", type=int, default=150, help="training scenes (the first of the train list)")
     parser.add_argument("--split", choices=("val", "test"), default="test",
                         help="where to evaluate: val for design choices, test for the gate")
@@ -120,7 +123,8 @@ def main() -> None:
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; "
           f"torch threads: {args.threads}")
 
-    src = WorldSource(root=args.root, n_scenes=args.scenes, seed=args.world_seed)
+    src = WorldSource(root=args.root, n_scenes=args.scenes, seed=args.world_seed,
+                      world=json.loads(args.world) or None)
     (train, test), t = _timed(lambda: (src.load("train", 0), src.load(args.split, 0)))
     costs["world: render/load (s)"] = t
     keys = ("left", "right", "calib", "baseline")
