@@ -18,8 +18,8 @@ from hydra.experimental.callback import Callback
 from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
-from entangle.tasks import (RunDirError, check_output_dir, output_dir, prepare_output_dir, write_manifest,
-                            write_report)
+from entangle.tasks import (RunDirError, check_output_dir, output_dir, prepare_output_dir, results_path,
+                            write_manifest, write_report)
 
 log = logging.getLogger("entangle")
 
@@ -40,6 +40,8 @@ def run(cfg: DictConfig) -> dict:
     :class:`TaskFailed` is raised, so the command exits non-zero.
     """
     task = get_method(str(cfg.task))
+    if cfg.get("write_results", False):   # a bad results_file is refused before any fit
+        results_path(cfg, str(cfg.get("name")))
     out = prepare_output_dir(cfg)
     start = time.perf_counter()
     try:

@@ -204,3 +204,26 @@ def test_one_seed_is_refused_for_an_improvement_study_but_not_for_one_system(com
         Study.from_config(compose_cfg(*QUICK, "seeds=[0]", f"store.root={tmp_path / 's'}"))
     one = Study.from_config(compose_cfg(*QUICK, "seeds=[0]", "change.node=null", f"store.root={tmp_path / 's'}"))
     assert one.seeds == [0] and one.changed is None
+
+
+@pytest.mark.parametrize("name", ["../RESULTS.md", "sub/RESULTS.md", "RESULTS.txt", ""])
+def test_a_bad_results_file_exits_2_in_one_line_before_any_fit(compose_cfg, tmp_path, capsys, name):
+    """write_results puts the table under experiments/NAME/; a results_file that would land
+    elsewhere, or is no Markdown file, is refused before anything is fitted or written."""
+    with pytest.raises(SystemExit) as exit_:
+        run_job(compose_cfg(*QUICK, f"store.root={tmp_path / 's'}", "write_results=true",
+                            f"results_file='{name}'"))
+    assert exit_.value.code == 2
+    shown = repr(name) if name else "''"
+    assert _errors(capsys.readouterr().err) == [
+        f"entangle: error: results_file: {shown} must be a file name ending in .md, without a folder "
+        "(it is written under experiments/toy_pipeline/)"]
+    assert not list(Store(tmp_path / "s").keys())
+
+
+def test_results_file_names_where_the_table_goes(compose_cfg):
+    from entangle.tasks import results_path
+    default = results_path(compose_cfg(*QUICK), "toy_pipeline")
+    assert default.parts[-3:] == ("experiments", "toy_pipeline", "RESULTS.md")
+    own = compose_cfg("experiment=paper_toys", "profile=paper_epochs")
+    assert results_path(own, "paper_toys").name == "RESULTS_paper_epochs.md"

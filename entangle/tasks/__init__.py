@@ -128,13 +128,24 @@ def prepare_output_dir(cfg: DictConfig) -> Path:
     return path
 
 
+def results_path(cfg: DictConfig, experiment: str) -> Path:
+    """The repository's results file of an experiment: ``experiments/EXPERIMENT/results_file``."""
+    name = cfg.get("results_file")
+    name = "RESULTS.md" if name is None else name
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".md"):
+        raise ConfigError(f"results_file: {name!r} must be a file name ending in .md, without a "
+                          f"folder (it is written under experiments/{experiment}/)")
+    return Path(__file__).resolve().parents[2] / "experiments" / experiment / name
+
+
 def write_results(cfg: DictConfig, experiment: str, text: str) -> Path:
     """RESULTS.md into the run dir and, only when asked (``write_results=true``), into the
-    repository's ``experiments/EXPERIMENT/RESULTS.md``; returns the run dir's copy."""
+    repository's ``experiments/EXPERIMENT/`` under ``results_file`` (``RESULTS.md`` unless a
+    profile keeps its own, as ``paper_epochs`` does); returns the run dir's copy."""
     path = output_dir(cfg) / "RESULTS.md"
     path.write_text(text)
     if cfg.get("write_results", False):
-        target = Path(__file__).resolve().parents[2] / "experiments" / experiment / "RESULTS.md"
+        target = results_path(cfg, experiment)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
         log.info("results table written to %s", target)
