@@ -21,7 +21,7 @@ PROFILES = sorted(p.stem for p in (CONF / "profile").glob("*.yaml"))
 
 
 def test_the_config_tree_is_what_the_tests_cover():
-    assert len(EXPERIMENTS) >= 13 and PROFILES == ["default", "paper", "paper_grid", "quick"]
+    assert len(EXPERIMENTS) >= 13 and PROFILES == ["default", "paper", "paper_epochs", "paper_grid", "quick"]
     # every profile patch belongs to an experiment or pipeline that exists, for a profile that exists
     for group, owners in (("experiment_profile", EXPERIMENTS),
                           ("pipeline_profile", [p.stem for p in (CONF / "pipeline").glob("*.yaml")])):
