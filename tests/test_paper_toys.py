@@ -237,6 +237,12 @@ def test_each_experiment_runs_end_to_end_quick(compose_cfg, tmp_path, name):
     assert "| Experiment (knob old → new) | Paper's claim |" in table and name.replace("_", " ") in table
     assert table.index("## Premises") < table.index("## Claims")
     assert "`downstream_data=upstream`" in table and "`augment=crop`" in table
+    # how long each upstream trained is recorded and stated beside the paper's lengths (quick: 2
+    # epochs; the loss-function regression keeps its best clean-validation epoch)
+    checkpoint = "best" if name == "loss_function" else "last"
+    assert exp["upstream"]["run"] == {u: f"2 epochs, {checkpoint} checkpoint" for u in judged}
+    assert (f"The upstreams' run in this run: {name.replace('_', ' ')}: {judged[0]} 2 epochs, "
+            f"{checkpoint} checkpoint") in table
     if not change["self_defeating"]:
         assert (f"| {IDENTICAL} |" if det["identical"] else f"| {det['detectable']:.3f} / ") in table
     # rendered from report.json, a change alike on every seed reads "identical over seeds"

@@ -159,7 +159,8 @@ def results_markdown(report: Mapping[str, Any]) -> str:
              f"Seeds: {report['seeds']} ({len(report['seeds'])}); profile `{report['profile']}`; data: "
              f"{report['data']}.  ",
              f"Machine: {report['machine']['platform']}, {report['machine']['cpus']} CPUs; wall time "
-             f"{report['wall_time_s']:.0f} s; load average (1/5/15 min) at start "
+             f"{report['wall_time_s']:.0f} s (store: {report['store']['hits']} fits reused, "
+             f"{report['store']['misses']} computed); load average (1/5/15 min) at start "
              f"{report['machine']['load_start']}, at the end {report['machine']['load_end']}; "
              f"executor `{report['machine']['executor']}`.", "",
              "Each row is one change of the knob, from its first value (old) to another (new); "
@@ -174,7 +175,7 @@ def results_markdown(report: Mapping[str, Any]) -> str:
              "these seeds detect (power 0.8, `stats.detectable_effect`) and, where the downstream's "
              "error rose, the seeds that rise would need to be detected (`stats.seeds_needed`); "
              f"*{IDENTICAL}* where every seed's change was the same (no spread to size an effect by).", "",
-             *protocol_lines(report.get("protocol", {})),
+             *protocol_lines(report.get("protocol", {}), report["experiments"]),
              *premise_lines(report["experiments"]),
              "## Claims", "",
              "| Experiment (knob old → new) | Paper's claim | Upstream: own loss, old → new (Δ [95% CI]) | "
@@ -320,14 +321,19 @@ PROTOCOL_TEXT = {
 }
 
 
-def protocol_lines(protocol: Mapping[str, str]) -> list[str]:
-    """The protocol of the run beside the paper's (``protocol.POINT=VALUE`` overrides each)."""
+def protocol_lines(protocol: Mapping[str, str], experiments: Sequence[Mapping[str, Any]] = ()) -> list[str]:
+    """The protocol of the run beside the paper's (``protocol.POINT=VALUE`` overrides each), and
+    how long each experiment's upstreams trained in this run."""
     if not protocol:
         return []
     out = ["## Protocol", "", "| Point | The paper | This run (`protocol.` option = value) |", "|---|---|---|"]
     for point, value in protocol.items():
         title, paper, meanings = PROTOCOL_TEXT[point]
         out.append(f"| {title} | {paper} | `{point}={value}`: {meanings.get(value, value)} |")
+    runs = [f"{exp['name'].replace('_', ' ')}: " + "; ".join(f"{u} {length}" for u, length in run.items())
+            for exp in experiments if (run := exp.get("upstream", {}).get("run"))]
+    if runs:
+        out += ["", "The upstreams' run in this run: " + "; ".join(runs) + "."]
     return out + [""]
 
 
@@ -360,8 +366,8 @@ NOTES = (
     "- Upstreams: the paper's small ConvNet (two 5×5 conv blocks, 512 features) for all four "
     "experiments; the paper used ResNet-18 for all but the hypothesis-space experiment. Adam "
     "(lr 1e-3), ×0.1 at 50 % and 75 % of the run, as the paper; run length, checkpoint and "
-    "augmentation as the protocol table says (fewer epochs than the paper's 200–500: a CPU "
-    "budget; the premise table says whether they sufficed).",
+    "augmentation as the protocol table and the line below it say (where fewer epochs than "
+    "the paper's 200–500: a CPU budget; the premise table says whether they sufficed).",
     "- Downstreams: `MLPNode` (standardized inputs; one 128-unit hidden layer for the "
     "loss-function experiment, linear otherwise), Adam lr 0.01, cosine schedule and early "
     "stopping on a 10 % share instead of the paper's 100 epochs with its step schedule. The "

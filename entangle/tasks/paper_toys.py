@@ -136,6 +136,16 @@ def knob_systems(exp: DictConfig, prof: Any, where: str) -> tuple[list[Any], lis
     return values, systems, changed
 
 
+def _run_length(node: Any) -> str:
+    """How long an upstream trained: ``200 epochs, last checkpoint`` or ``150 steps, best ...``."""
+    epochs, steps = getattr(node, "epochs", None), getattr(node, "steps", None)
+    if epochs is None and steps is None:
+        return "its own fit"
+    length = f"{int(epochs)} epochs" if epochs is not None else f"{int(steps)} steps"
+    checkpoint = getattr(node, "checkpoint", None)
+    return f"{length}, {checkpoint} checkpoint" if checkpoint else length
+
+
 def knob_label(value: Any, grid: bool = False) -> str:
     """A knob value as a tick label: a grid point is its coordinates (``1/0.4``); a list of
     hidden widths is its depth."""
@@ -249,7 +259,8 @@ def run_experiment(name: str, exp: DictConfig, prof: Any, reference_cfg: Any, se
                      "metric": {u: n.metric for u, n in u_nodes.items()},
                      "error": {u: [_as_error(m[u], u_nodes[u].metric, confidence) for m in up_metrics]
                                for u in judged},
-                     "metrics": {u: [m[u] for m in up_metrics] for u in judged}},
+                     "metrics": {u: [m[u] for m in up_metrics] for u in judged},
+                     "run": {u: _run_length(n) for u, n in u_nodes.items()}},
         "downstream": {"node": v, "split": eval_split, "metric": v_node.metric,
                        "error": [_as_error(m, v_node.metric, confidence) for m in down_metrics],
                        "metrics": down_metrics, "loss": loss_name(v_node)},
