@@ -114,6 +114,22 @@ def main() -> None:
         parser.error(f"--seeds: {err}")
     if args.upstream != "hybrid" and (args.object_weight != 1.0 or args.fine_tune != "all"):
         parser.error("--object-weight and --fine-tune are options of the hybrid's refiner")
+    options = {}   # the JSON options, read before any scene is rendered or matched
+    for flag in ("sgbm", "net", "world"):
+        try:
+            options[flag] = json.loads(getattr(args, flag))
+        except json.JSONDecodeError as err:
+            parser.error(f"--{flag}: not JSON ({err})")
+        if not isinstance(options[flag], dict):
+            parser.error(f"--{flag}: a JSON object {{...}}, got {getattr(args, flag)}")
+    if options["world"]:
+        if args.root is not None:
+            parser.error("--world changes the rendered world; --root reads a world as it is")
+        from entangle.data.world import WorldConfig
+        try:
+            WorldConfig.from_dict(options["world"])
+        except (TypeError, ValueError) as err:
+            parser.error(f"--world: {err}")
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     hybrid = args.upstream == "hybrid"
@@ -124,7 +140,7 @@ def main() -> None:
           f"torch threads: {args.threads}")
 
     src = WorldSource(root=args.root, n_scenes=args.scenes, seed=args.world_seed,
-                      world=json.loads(args.world) or None)
+                      world=options["world"] or None)
     (train, test), t = _timed(lambda: (src.load("train", 0), src.load(args.split, 0)))
     costs["world: render/load (s)"] = t
     keys = ("left", "right", "calib", "baseline")
@@ -167,14 +183,14 @@ def main() -> None:
             score["good_fg_error_change"] = float((err[good] - np.abs(d0 - gt_disp)[good]).mean())
         scores.setdefault(name, []).append(score)
 
-    sgbm = ClassicalStereo(method="sgbm", params=json.loads(args.sgbm) or None).fit(x_test, {}, seed=0)
+    sgbm = ClassicalStereo(method="sgbm", params=options["sgbm"] or None).fit(x_test, {}, seed=0)
     if hybrid:
         # the sgbm node: computed once per scene, read by every refiner
         for x, what in ((x_train, "train"), (x_test, args.split)):
             out, t = _timed(sgbm.predict, x)
             costs[f"sgbm on the {what} scenes, per scene (s)"] = t / len(x["left"])
             x.update(disparity=out["disparity"], matched=out["matched"])
-    net = json.loads(args.net)
+    net = options["net"]
     pretrained = None
     if checkpoint != "none":
         digest = _digest(checkpoint, args.sha256)
