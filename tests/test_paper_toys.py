@@ -15,10 +15,12 @@ from entangle.data.paper_digits import (COARSE_ONE, DIGITS, SETUPS, SLICES, Pape
 from entangle.data.street_digits import ATTRIBUTE_NAMES
 from entangle.analysis.paper_premises import check as premise_check
 from entangle.models.convnet import ConvNet, ConvNetNode, LossAreaRankNode, augment, knn_error, training_rows
+from entangle.models.resnet import ResNet18, ResNet18Node
 from entangle.report.paper_toys import results_markdown
 from entangle.stats import IDENTICAL, IMPROVED, WORSE, self_defeating
 from entangle.study import ConfigError
-from entangle.tasks.paper_toys import PROTOCOL, apply_protocol, knob_values, protocol_from_config
+from entangle.tasks.paper_toys import (NOT_PAPER_DEFAULT, PROTOCOL, apply_protocol, knob_values,
+                                       protocol_from_config)
 from entangle.testing import check_node
 
 SPLITS = ("up_train", "up_test", "train", "large", "test")
@@ -178,6 +180,36 @@ def test_convnet_node_keeps_the_contract(task):
     # the knob's share of the pool, in the source's order; validation rows are never trained on
     assert fitted.n_train_ == round(0.5 * SIZES["up_pool"])
     assert 0 <= fitted.best_epoch_ < 3
+
+
+def test_resnet18_is_torchvisions_with_the_papers_512_features():
+    import torch
+    net = ResNet18(10)
+    # torchvision.models.resnet18(num_classes=10) has 11,181,642 parameters (11,689,512 at 1,000
+    # classes, less 512 x 990 + 990 for the narrower fc)
+    assert sum(p.numel() for p in net.parameters()) == 11_181_642
+    out, feat = net(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, 10) and feat.shape == (2, 512) and net.feat_dim == 512
+    assert (feat >= 0).all()                          # pooled after the last block's ReLU
+    deep = ResNet18(4, hidden=(512, 256))
+    assert [m.out_features for m in deep.head.body if hasattr(m, "out_features")] == [512, 256]
+    assert ResNet18(3)(torch.zeros(2, 3, 24, 24))[1].shape == (2, 512)
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_resnet18_node_keeps_the_contract_without_channels(task):
+    d = _source("loss_function").load("up_train", 0)
+    y = d["digit"] if task == "classification" else d["value"]
+    node = ResNet18Node(task=task, epochs=1, checkpoint="last", batch_size=32, device="cpu",
+                        subsample=0.2, crop=4)
+    assert "channels" not in node.get_params() and not hasattr(node, "channels")
+    with pytest.raises(TypeError):
+        ResNet18Node(channels=(8, 8))
+    preds = check_node(node, {"image": d["image"], "holdout": d["holdout"]}, {"y": y},
+                       eval_inputs={"image": d["image"][:20]}, eval_targets={"y": y[:20]})
+    assert preds["pred"].shape == (20,) and preds["feat"].shape == (20, 512)
+    fitted = node.clone().fit({"image": d["image"], "holdout": d["holdout"]}, {"y": y}, seed=0)
+    assert fitted.n_train_ == round(0.2 * SIZES["up_pool"]) and fitted.best_epoch_ == -1
 
 
 def test_knn_error_is_the_papers_nearest_neighbour_protocol():
@@ -349,6 +381,8 @@ def test_loss_area_rank_puts_mislabelled_rows_first_and_keeps_the_contract():
 def test_protocol_points_default_to_the_papers_and_each_is_one_override_away():
     from omegaconf import OmegaConf
     assert protocol_from_config(OmegaConf.create({})) == {k: v[0] for k, v in PROTOCOL.items()}
+    # every default is the paper's but the network, whose paper value is the other one
+    assert NOT_PAPER_DEFAULT == {"upstream_net": "paper"} and PROTOCOL["upstream_net"][0] == "convnet"
     assert protocol_from_config(OmegaConf.create({"protocol": {"augment": "none"}}))["augment"] == "none"
     with pytest.raises(ConfigError, match=r"protocol\.swap_order"):
         protocol_from_config(OmegaConf.create({"protocol": {"swap_order": "random"}}))
@@ -366,6 +400,32 @@ def test_protocol_points_default_to_the_papers_and_each_is_one_override_away():
     assert {old["nodes"][u]["inputs"]["order"] for u in ("labels1", "labels2")} == {"data.order"}
     assert old["nodes"]["up2"]["epochs"] is None and old["nodes"]["up2"]["checkpoint"] == "best"
     assert old["nodes"]["up2"]["crop"] == 0
+
+
+def test_paper_network_is_resnet18_where_the_paper_ran_it_and_nowhere_else():
+    from omegaconf import OmegaConf
+    exps = OmegaConf.load("conf/experiment/paper_toys.yaml").experiments
+    # the paper's scripts: resnet18 for lf, dd and both uu upstreams; its ConvNet for hs
+    assert {n: list(e.get("paper_net") or []) for n, e in exps.items()} == {
+        "loss_function": ["upstream"], "data_distribution": ["upstream"],
+        "hypothesis_space": [], "entanglement": ["up1", "up2"]}
+    pipe = OmegaConf.to_container(OmegaConf.load("conf/pipeline/paper_entanglement.yaml"))
+    default = protocol_from_config(OmegaConf.create({}))
+    paper = {**default, "upstream_net": "paper"}
+    swapped = apply_protocol(pipe, paper, ["up1", "up2"])
+    assert {swapped["nodes"][u]["_target_"] for u in ("up1", "up2")} == {"entangle.models.resnet.ResNet18Node"}
+    assert "channels" not in swapped["nodes"]["up1"]
+    assert swapped["nodes"]["rank"]["_target_"].endswith("LossAreaRankNode")   # the ranking stays
+    assert swapped["nodes"]["up1"]["crop"] == 4 and swapped["nodes"]["up1"]["checkpoint"] == "last"
+    kept = apply_protocol(pipe, default, ["up1", "up2"])
+    assert kept["nodes"]["up1"]["_target_"] == "entangle.models.convnet.ConvNetNode"
+    assert apply_protocol(pipe, {**paper, "upstream_run": "steps"}, ["up1"])["nodes"]["up1"]["epochs"] is None
+    # a name that is no ConvNet of the pipeline is refused, by its config key, under any protocol
+    for bad in (["up3"], ["rank"], ["down"]):
+        with pytest.raises(ConfigError, match=rf"experiments\.entanglement\.paper_net: '{bad[0]}'"):
+            apply_protocol(pipe, default, bad, "experiments.entanglement.paper_net")
+    with pytest.raises(ConfigError, match=r"protocol\.upstream_net"):
+        protocol_from_config(OmegaConf.create({"protocol": {"upstream_net": "resnet50"}}))
 
 
 def test_a_grid_knob_is_every_combination_first_values_first():

@@ -318,6 +318,12 @@ PROTOCOL_TEXT = {
                          "different glyph, which the world never renders and a test image never is",
                  "crop_flip": "random crop (4 px) and horizontal flip, as the paper",
                  "none": "none"}),
+    "upstream_net": ("The upstreams' network",
+                     "torchvision's ResNet-18 (lf, dd, uu); the two-block ConvNet (hs)",
+                     {"convnet": "the two-block ConvNet for every upstream (a fifth of ResNet-18's "
+                                 "CPU time)",
+                      "paper": "ResNet-18 (torchvision's form, `entangle.models.resnet`) for lf, dd "
+                               "and uu; the ConvNet for hs and for the swap ranking"}),
 }
 
 
@@ -363,8 +369,9 @@ NOTES = (
     "exact latents), rendered per seed (each seed is a new world); the paper used SVHN "
     "(73,257 training images). Split sizes and epochs are in `conf/pipeline/paper_*.yaml` and "
     "the profile's file under `conf/experiment_profile/paper_toys/`.",
-    "- Upstreams: the paper's small ConvNet (two 5×5 conv blocks, 512 features) for all four "
-    "experiments; the paper used ResNet-18 for all but the hypothesis-space experiment. Adam "
+    "- Upstreams: the network the protocol table's last row names (the paper's small ConvNet, "
+    "two 5×5 conv blocks and 512 features, or its ResNet-18 with 512 pooled features); the "
+    "paper used ResNet-18 for all but the hypothesis-space experiment. Adam "
     "(lr 1e-3), ×0.1 at 50 % and 75 % of the run, as the paper; run length, checkpoint and "
     "augmentation as the protocol table and the line below it say (where fewer epochs than "
     "the paper's 200–500: a CPU budget; the premise table says whether they sufficed).",

@@ -37,14 +37,20 @@ from entangle.tasks import output_dir, write_results
 
 log = logging.getLogger(__name__)
 
-#: the protocol points, their values (the paper's first) and what each does to a pipeline
+#: the protocol points and their values, the default first: the paper's, but for
+#: ``upstream_net``, whose paper value (ResNet-18) costs about five times the ConvNet's CPU time
 PROTOCOL: dict[str, tuple[str, ...]] = {
     "downstream_data": ("upstream", "separate"),
     "upstream_run": ("epochs", "steps"),
     "swap_order": ("model", "latents"),
     "augment": ("crop", "crop_flip", "none"),
+    "upstream_net": ("convnet", "paper"),
 }
-_CONVNETS = ("entangle.models.convnet.ConvNetNode", "entangle.models.convnet.LossAreaRankNode")
+#: the point whose default is not the paper's value, and that value
+NOT_PAPER_DEFAULT = {"upstream_net": "paper"}
+_CONVNET = "entangle.models.convnet.ConvNetNode"
+_RESNET = "entangle.models.resnet.ResNet18Node"
+_CONVNETS = (_CONVNET, "entangle.models.convnet.LossAreaRankNode", _RESNET)
 
 
 def protocol_from_config(cfg: Any) -> dict[str, str]:
@@ -63,18 +69,28 @@ def protocol_from_config(cfg: Any) -> dict[str, str]:
     return out
 
 
-def apply_protocol(pipe: dict[str, Any], protocol: Mapping[str, str]) -> dict[str, Any]:
+def apply_protocol(pipe: dict[str, Any], protocol: Mapping[str, str],
+                   paper_net: Sequence[str] = (), where: str = "paper_net") -> dict[str, Any]:
     """A pipeline dict under ``protocol``: the data's downstream split, the upstreams' run
-    length and checkpoint, the entanglement's swap order and the augmentation."""
+    length and checkpoint, the entanglement's swap order, the augmentation, and (with
+    ``upstream_net=paper``) ResNet-18 for the ``paper_net`` nodes, the upstreams the paper
+    trained as ResNet-18 (every other upstream stays the ConvNet, as in the paper)."""
     pipe = copy.deepcopy(pipe)
     nodes = pipe["nodes"]
     nodes["data"]["downstream_train"] = protocol["downstream_data"]
+    for name in paper_net:
+        if nodes.get(name, {}).get("_target_") != _CONVNET:
+            raise ConfigError(f"{where}: {name!r} is not a {_CONVNET} of this pipeline (its ConvNets: "
+                              f"{sorted(n for n, s in nodes.items() if s.get('_target_') == _CONVNET)})")
+        if protocol.get("upstream_net", PROTOCOL["upstream_net"][0]) == "paper":
+            nodes[name]["_target_"] = _RESNET
+            nodes[name].pop("channels", None)
     convnets = [n for n, spec in nodes.items() if spec.get("_target_") in _CONVNETS]
     for name in convnets:
         spec = nodes[name]
         spec["crop"] = 0 if protocol["augment"] == "none" else 4
         spec["flip"] = protocol["augment"] == "crop_flip"
-        if protocol["upstream_run"] == "steps" and spec["_target_"].endswith("ConvNetNode"):
+        if protocol["upstream_run"] == "steps" and spec["_target_"] in (_CONVNET, _RESNET):
             spec["epochs"], spec["checkpoint"] = None, "best"
     if protocol["swap_order"] == "latents":
         for spec in nodes.values():
@@ -122,7 +138,9 @@ def knob_systems(exp: DictConfig, prof: Any, where: str) -> tuple[list[Any], lis
     """The knob values, one system per value (under the run's protocol), and the changed nodes
     (``exp.changed``, else the nodes the knob sets). ``prof`` is the composed config."""
     paths, values, grid = knob_values(exp.get("knob"), where)
-    base = apply_protocol(OmegaConf.to_container(exp.pipeline, resolve=True), protocol_from_config(prof))
+    paper_net = [str(n) for n in (exp.get("paper_net") or [])]
+    base = apply_protocol(OmegaConf.to_container(exp.pipeline, resolve=True), protocol_from_config(prof),
+                          paper_net, f"{where}.paper_net")
     systems = []
     for value in values:
         pipe = copy.deepcopy(base)
@@ -137,11 +155,14 @@ def knob_systems(exp: DictConfig, prof: Any, where: str) -> tuple[list[Any], lis
 
 
 def _run_length(node: Any) -> str:
-    """How long an upstream trained: ``200 epochs, last checkpoint`` or ``150 steps, best ...``."""
+    """How long an upstream trained: ``200 epochs, last checkpoint`` or ``150 steps, best ...``,
+    after the network where it is not the ConvNet (``ResNet-18, 200 epochs, ...``)."""
     epochs, steps = getattr(node, "epochs", None), getattr(node, "steps", None)
     if epochs is None and steps is None:
         return "its own fit"
     length = f"{int(epochs)} epochs" if epochs is not None else f"{int(steps)} steps"
+    if type(node).__name__ == "ResNet18Node":
+        length = f"ResNet-18, {length}"
     checkpoint = getattr(node, "checkpoint", None)
     return f"{length}, {checkpoint} checkpoint" if checkpoint else length
 
