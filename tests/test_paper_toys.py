@@ -212,6 +212,20 @@ def test_resnet18_node_keeps_the_contract_without_channels(task):
     assert fitted.n_train_ == round(0.2 * SIZES["up_pool"]) and fitted.best_epoch_ == -1
 
 
+def test_resnet18_node_refuses_a_last_minibatch_of_one_before_training():
+    # batch norm cannot train on one row at ResNet-18's 1x1 last stage: torch would fail at the
+    # end of the first epoch with a message about channels; the node says why before any step
+    images = np.random.default_rng(0).random((33, 32, 32, 3)).astype(np.float32)
+    labels = np.arange(33) % 2
+    node = ResNet18Node(epochs=1, checkpoint="last", batch_size=16, device="cpu")
+    with pytest.raises(ValueError, match=r"33 training rows in minibatches of 16 .* batch_size or subsample"):
+        node.fit({"image": images}, {"y": labels}, seed=0)
+    held = np.zeros(33, bool)
+    held[:2] = True                                # 31 training rows: the last minibatch has 15
+    node.fit({"image": images, "holdout": held}, {"y": labels}, seed=0)
+    assert node.n_train_ == 31
+
+
 def test_knn_error_is_the_papers_nearest_neighbour_protocol():
     feat = np.array([[1.0, 0.0], [0.0, 1.0]] * 20)
     assert knn_error(feat, np.array([0, 1] * 20)) == 0.0       # labels follow the features

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from entangle.models.convnet import ConvNetNode
+from entangle.models.convnet import ConvNetNode, training_rows
 from entangle.models.mlp import MLP
 
 
@@ -85,6 +86,8 @@ class ResNet18Node(ConvNetNode):
     ``proba``, the 512-wide ``feat``) around :class:`ResNet18`.
 
     Parameters are :class:`ConvNetNode`'s without ``channels`` (the widths are ResNet-18's).
+    With ``epochs``, a pass whose last minibatch would hold one row is refused before training:
+    batch norm cannot train on one row at the 1x1 last stage.
     """
 
     version = "1"
@@ -99,6 +102,18 @@ class ResNet18Node(ConvNetNode):
                          batch_size=batch_size, weight_decay=weight_decay, subsample=subsample,
                          features=features, device=device)
         del self.channels   # not a parameter of this network
+
+    def fit(self, inputs, targets, *, seed):
+        held = inputs.get("holdout")
+        pool = (len(inputs["image"]) if held is None
+                else int((~np.asarray(held).astype(bool)).sum()))
+        rows, batch = training_rows(pool, self.subsample), int(self.batch_size)
+        if self.epochs is not None and rows > batch and rows % batch == 1:
+            raise ValueError(
+                f"ResNet18Node: {rows} training rows in minibatches of {batch} leave a last minibatch "
+                f"of one row, on which batch norm cannot train (ResNet-18's last stage is 1x1 on "
+                f"these images); change batch_size or subsample")
+        return super().fit(inputs, targets, seed=seed)
 
     def _build(self, size: int, out_features: int) -> ResNet18:
         return ResNet18(out_features, size=size, hidden=tuple(self.hidden))
