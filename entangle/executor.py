@@ -528,6 +528,22 @@ class _PoolExecutor:
             fut.cancel()
 
 
+def _exit_with_parent(parent: int, every: float = 1.0) -> None:
+    """Pool worker initializer: the worker exits once the process that spawned it has gone.
+
+    A main process killed by a signal runs no clean-up, and its workers would go on fitting
+    queued nodes nobody waits for, holding the cores. Fits already published stay in the store.
+    """
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="entangle-parent-watch", daemon=True).start()
+
+
 class ProcessExecutor(_PoolExecutor):
     """Runs independent nodes and seeds in parallel in a pool of processes (spawned, so safe with torch).
 
@@ -544,15 +560,21 @@ class ProcessExecutor(_PoolExecutor):
         self._closer: weakref.finalize | None = None
 
     def run(self, system: System, seeds: Iterable[int], store: Store) -> dict[int, Run]:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-            # a forgotten close() leaks no workers: the pool goes with the executor (or at exit)
-            self._closer = weakref.finalize(self, self._pool.shutdown, wait=True, cancel_futures=True)
+        self._open()
         try:
             return super().run(system, seeds, store)
         except BaseException:
             self.close()   # the failed run's tasks finish (or are cancelled) before the error goes on
             raise
+
+    def _open(self) -> ProcessPoolExecutor:
+        """The pool, started on first use; its workers exit if this process is killed."""
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_exit_with_parent, initargs=(os.getpid(),))
+            # a forgotten close() leaks no workers: the pool goes with the executor (or at exit)
+            self._closer = weakref.finalize(self, self._pool.shutdown, wait=True, cancel_futures=True)
+        return self._pool
 
     def close(self) -> None:
         """Shut the pool down, waiting for its workers; a later :meth:`run` opens a new one."""

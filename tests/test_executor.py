@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,3 +106,41 @@ def test_a_run_forgets_values_once_their_last_reader_is_done(tmp_path, monkeypat
     for name in ("left", "a", "b"):
         np.testing.assert_array_equal(run.values(name, "test")["pred"], again.values(name, "test")["pred"])
         assert run.metrics(name) == again.metrics(name)
+
+
+_KILLED_PARENT = """
+import time
+from entangle.executor import ProcessExecutor
+ex = ProcessExecutor(workers=2)
+pool = ex._open()
+futures = [pool.submit(time.sleep, 600) for _ in range(2)]
+print(" ".join(str(pid) for pid in pool._processes), flush=True)
+time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (an orphan's reaper may be slow to collect it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_pool_workers_exit_when_the_main_process_is_killed():
+    # a killed main runs no clean-up: its workers used to go on fitting queued nodes for hours
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_PARENT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    workers = [int(pid) for pid in line.split()]
+    assert len(workers) == 2, f"no worker pids printed: {line!r} {proc.stderr.read() if not line else ''}"
+    assert all(_running(pid) for pid in workers)
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _running(pid)]
+    assert not left, f"pool workers {left} still run 60 s after their main process was killed"
